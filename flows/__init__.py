@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration only. `python -m flows.<pipeline> <stage>` runs one stage."""

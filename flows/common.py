@@ -1,0 +1,89 @@
+"""What every pipeline's flows share: settings from params.yaml, the CLI, driving DVC."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks.config import Params, load_params
+from tasks.errors import ReproLabError
+from tasks.logs import get_logger
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+def settings(overrides: Mapping[str, Any] | None = None) -> Params:
+    """params.yaml (from the working directory) with optional dotted overrides, validated."""
+    return load_params(os.environ.get("REPROLAB_PARAMS", "params.yaml"), overrides)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['crypto.source=file', 'crypto.split.window=48'] -> dict (values parsed as YAML)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ReproLabError(f"--set {item!r}: expected key.path=value")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@contextmanager
+def _shared_prefect_api() -> Any:
+    """Let DVC's stage subprocesses report to this flow's Prefect API (no second server)."""
+    from prefect.client.orchestration import get_client
+
+    previous = os.environ.get("PREFECT_API_URL")
+    try:
+        with get_client(sync_client=True) as client:
+            os.environ["PREFECT_API_URL"] = str(client.api_url).rstrip("/")
+    except Exception:  # noqa: BLE001 - not in a run: children start their own ephemeral API
+        pass
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+
+
+def dvc_repro(targets: list[str], force: bool = False) -> list[str]:
+    """`dvc repro` the targets (DVC decides what is stale); returns the stages that ran."""
+    from dvc.repo import Repo
+
+    log = get_logger()
+    with _shared_prefect_api(), Repo(".") as repo:
+        stages = repo.reproduce(targets=targets, force=force)
+    names = [getattr(s, "addressing", str(s)) for s in stages]
+    log.info("dvc repro %s: %s", " ".join(targets), ", ".join(names) or "nothing to reproduce")
+    return names
+
+
+def in_dvc_repo() -> bool:
+    return Path(".dvc").is_dir() and Path("dvc.yaml").exists()
+
+
+def main(pipeline: str, stages: dict[str, Callable[..., Any]], argv: list[str] | None = None
+         ) -> int:
+    """CLI: `python -m flows.<pipeline> <stage> [--set key=value ...]`."""
+    parser = argparse.ArgumentParser(prog=f"python -m flows.{pipeline}")
+    parser.add_argument("stage", choices=list(stages))
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a params.yaml value (dotted key)")
+    args = parser.parse_args(argv)
+    try:
+        stages[args.stage](overrides=parse_overrides(args.overrides) or None)
+    except ReproLabError as exc:
+        print(f"error: {pipeline} {args.stage}: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,1 @@
+"""torch nn.Modules and nothing else: no file I/O, no MLflow, no Prefect."""

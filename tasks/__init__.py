@@ -1,0 +1,1 @@
+"""The work: plain typed functions, also Prefect tasks, grouped by domain."""

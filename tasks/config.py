@@ -1,0 +1,280 @@
+"""params.yaml -> typed, validated settings. A wrong key, type or value fails fast with its path."""
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.errors import ConfigError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class Section(BaseModel):
+    """Every section rejects unknown keys, so a typo is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- common
+class MlflowSettings(Section):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_dir: str = "mlartifacts"
+    experiment_prefix: str = "reprolab"
+    register_models: bool = True
+
+
+class CommonSettings(Section):
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    task_runner: Literal["threads", "dask"] = "threads"
+    max_workers: int = Field(4, ge=1)
+    dask_address: str | None = None
+    mlflow: MlflowSettings = MlflowSettings()
+
+
+# ---------------------------------------------------------------- crypto
+def _parse_utc(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)
+    text = str(value).strip()
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"not an ISO-8601 date/time: {text!r}") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+class CryptoLive(Section):
+    since: datetime = datetime(2017, 8, 17, tzinfo=timezone.utc)
+    until: datetime | None = None
+    page_limit: int | None = Field(None, ge=1, description="candles a request; None = exchange max")
+    max_retries: int = Field(5, ge=0)
+    backoff_seconds: float = Field(1.0, ge=0)
+    rate_limit: bool = True
+    api_url: str | None = Field(None, description="send every API call to this base URL (proxy, fake)")
+    options: dict[str, Any] = {}
+    api_key_env: str = "REPROLAB_EXCHANGE_API_KEY"
+    secret_env: str = "REPROLAB_EXCHANGE_SECRET"
+    secret_block: str | None = Field(None, description="Prefect Secret block holding 'key:secret'")
+    flush_every_pages: int = Field(20, ge=1)
+
+    _utc = field_validator("since", "until", mode="before")(_parse_utc)
+
+
+class CryptoFile(Section):
+    path: str | None = None
+    format: Literal["auto", "generic", "binance", "ccxt_json"] = "auto"
+
+
+class CryptoDemo(Section):
+    n_bars: int = Field(20000, ge=500)
+    start: datetime = datetime(2022, 1, 1, tzinfo=timezone.utc)
+
+    _utc = field_validator("start", mode="before")(_parse_utc)
+
+
+class CryptoFeatures(Section):
+    return_lags: list[int] = [1, 2, 3, 6, 12, 24]
+    volatility_windows: list[int] = [12, 48]
+    volume_window: int = Field(48, ge=2)
+    rsi_window: int = Field(14, ge=2)
+
+    @field_validator("return_lags", "volatility_windows")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if not v or min(v) < 1:
+            raise ValueError("must be a non-empty list of positive integers")
+        return v
+
+
+class CryptoLabel(Section):
+    horizon: int = Field(1, ge=1)
+    dead_zone: float = Field(0.0, ge=0)
+
+
+class WalkForward(Section):
+    folds: int = Field(0, ge=0)
+    mode: Literal["expanding", "rolling"] = "expanding"
+
+
+class CryptoSplit(Section):
+    window: int = Field(24, ge=1, description="past bars in one model input")
+    val_fraction: float = Field(0.15, gt=0)
+    test_fraction: float = Field(0.15, gt=0)
+    embargo: int = Field(24, ge=0, description="extra bars dropped after each boundary")
+    walk_forward: WalkForward = WalkForward()
+
+    @field_validator("val_fraction", "test_fraction")
+    @classmethod
+    def _below_one(cls, v: float) -> float:
+        if v >= 1:
+            raise ValueError("must be < 1")
+        return v
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> CryptoSplit:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must leave at least 10% for training")
+        return self
+
+
+class CryptoModel(Section):
+    kind: Literal["tcn", "mlp"] = "tcn"
+    hidden: int = Field(32, ge=1)
+    layers: int = Field(2, ge=1, description="MLP hidden layers")
+    kernel_size: int = Field(3, ge=2)
+    dilations: list[int] = [1, 2, 4, 8]
+    dropout: float = Field(0.1, ge=0, lt=1)
+    activation: Literal["relu", "selu"] = "relu"
+    erase_relu: bool = False
+    residual_scale: float = Field(1.0, gt=0)
+
+
+class TrainSettings(Section):
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(4, ge=1)
+
+
+class CryptoEvaluate(Section):
+    bootstrap: int = Field(500, ge=10)
+    block_length: int | None = Field(None, ge=1, description="None = n ** (1/3)")
+    fee_bps: float = Field(10.0, ge=0)
+
+
+class LeakAudit(Section):
+    enabled: bool = True
+    horizon: int = Field(24, ge=2)
+    model: Literal["mlp", "tcn"] = Field("mlp", description="the network both recipes train")
+
+
+class CryptoSettings(Section):
+    source: Literal["live", "file", "demo"] = "demo"
+    exchange: str = "binance"
+    symbols: list[str] = ["BTC/USDT"]
+    timeframe: str = "1h"
+    model_symbol: str | None = None
+    drop_incomplete: bool = True
+    live: CryptoLive = CryptoLive()
+    file: CryptoFile = CryptoFile()
+    demo: CryptoDemo = CryptoDemo()
+    features: CryptoFeatures = CryptoFeatures()
+    label: CryptoLabel = CryptoLabel()
+    split: CryptoSplit = CryptoSplit()
+    model: CryptoModel = CryptoModel()
+    train: TrainSettings = TrainSettings()
+    evaluate: CryptoEvaluate = CryptoEvaluate()
+    leak_audit: LeakAudit = LeakAudit()
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must list at least one symbol, e.g. BTC/USDT")
+        for s in v:
+            if "/" not in s:
+                raise ValueError(f"{s!r} is not a unified symbol like BTC/USDT")
+        return v
+
+    @field_validator("timeframe")
+    @classmethod
+    def _timeframe(cls, v: str) -> str:
+        from tasks.crypto.timeframes import timeframe_ms
+
+        timeframe_ms(v)
+        return v
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> CryptoSettings:
+        if self.source == "file" and not self.file.path:
+            raise ValueError("source 'file' needs crypto.file.path")
+        if self.model_symbol is not None and self.model_symbol not in self.symbols:
+            raise ValueError(f"model_symbol {self.model_symbol!r} is not in symbols")
+        return self
+
+    @property
+    def symbol(self) -> str:
+        """The symbol the model is trained on."""
+        return self.model_symbol or self.symbols[0]
+
+
+class Params(Section):
+    common: CommonSettings = CommonSettings()
+    crypto: CryptoSettings = CryptoSettings()
+
+
+# ---------------------------------------------------------------- loading
+def _format_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{path or '<root>'}: {msg}")
+    return "; ".join(lines)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (`crypto.split.window`) in a copy of the raw params mapping."""
+    out = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        node = out
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"{dotted}: {part} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def parse_params(raw: Mapping[str, Any], source: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_format_error(exc)}") from None
+
+
+def read_raw_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: not found (run from the project root)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return raw
+
+
+def load_params(path: str | os.PathLike = PARAMS_FILE,
+                overrides: Mapping[str, Any] | None = None) -> Params:
+    """Read params.yaml once per call site, apply dotted overrides, validate everything."""
+    raw = read_raw_params(path)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    return parse_params(raw, str(path))
+
+
+def flat_params(section: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """Flatten settings for MLflow params (secrets are never part of settings)."""
+    out: dict[str, Any] = {}
+    for key, value in section:
+        name = f"{prefix}{key}"
+        if isinstance(value, BaseModel):
+            out.update(flat_params(value, f"{name}."))
+        else:
+            out[name] = value.isoformat() if isinstance(value, datetime) else value
+    return out

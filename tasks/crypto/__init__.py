@@ -1,0 +1,1 @@
+"""Crypto next-move pipeline: ingestion, features, leak-free splits, models, evaluation."""

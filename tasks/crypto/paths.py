@@ -1,0 +1,38 @@
+"""Where each crypto stage reads and writes (relative to the project root, as in dvc.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class CryptoPaths:
+    root: Path = Path(".")
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data/crypto/raw"
+
+    @property
+    def ingest_report(self) -> Path:
+        return self.root / "reports/crypto/ingest.json"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "data/crypto/features.parquet"
+
+    @property
+    def splits(self) -> Path:
+        return self.root / "data/crypto/splits"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts/crypto"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics/crypto.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots/crypto"

@@ -1,0 +1,82 @@
+"""The features and split stages: feature table from stored candles, leak-checked splits."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import task
+
+from tasks.config import CryptoSettings
+from tasks.crypto import store
+from tasks.crypto.features import add_labels, compute_features, feature_columns
+from tasks.crypto.ingest import exchange_label
+from tasks.crypto.split import (
+    Scaler,
+    check_no_leak,
+    chronological_split,
+    split_table,
+    touched_bars,
+    usable_positions,
+    walk_forward_folds,
+)
+from tasks.errors import DataError
+from tasks.logs import get_logger
+from tasks.storage import read_parquet, write_json, write_npy, write_parquet
+
+
+@task(name="crypto-features")
+def build_features(settings: CryptoSettings, raw_root: Path, dest: Path) -> dict:
+    """Causal features and forward labels for the model symbol, written as one parquet table."""
+    exchange = exchange_label(settings)
+    candles = store.read_candles(raw_root, exchange, settings.symbol, settings.timeframe)
+    if candles.empty:
+        raise DataError(f"no candles for {exchange} {settings.symbol} {settings.timeframe}; "
+                        "run crypto_ingest first", path=raw_root)
+    frame = add_labels(compute_features(candles, settings.features), settings.label)
+    write_parquet(frame, dest)
+    summary = {"rows": len(frame), "features": feature_columns(frame),
+               "labelled": int(frame["target"].notna().sum()),
+               "up_share": float(frame["target"].mean())}
+    get_logger().info("features: %d rows, %d features, %d labelled (%.1f%% up)", summary["rows"],
+                      len(summary["features"]), summary["labelled"], 100 * summary["up_share"])
+    return summary
+
+
+@task(name="crypto-split")
+def build_splits(settings: CryptoSettings, features_path: Path, out_dir: Path) -> dict:
+    """Chronological purged splits, a train-only scaler, the leak check, walk-forward folds."""
+    frame = read_parquet(features_path)
+    columns = feature_columns(frame)
+    matrix = frame[columns].to_numpy(dtype=np.float64)
+    cfg, horizon = settings.split, settings.label.horizon
+    positions = usable_positions(matrix, frame["target"].to_numpy(), cfg.window)
+    segments = chronological_split(positions, cfg, horizon)
+    first, last = touched_bars(segments["train"], cfg.window, 0)
+    scaler = Scaler.fit(matrix[first: last + 1])
+    leak = check_no_leak(segments, cfg.window, horizon, scaler=scaler, features=matrix)
+    folds = walk_forward_folds(np.concatenate([segments["train"], segments["val"]]),
+                               cfg.walk_forward.folds, cfg.walk_forward.mode, cfg, horizon)
+    for i, fold in enumerate(folds):
+        check_no_leak(fold, cfg.window, horizon)
+        write_npy(fold["train"], out_dir / f"fold{i}_train.npy")
+        write_npy(fold["val"], out_dir / f"fold{i}_val.npy")
+    write_npy(scaler.transform(matrix), out_dir / "inputs.npy")
+    write_parquet(split_table(frame, segments), out_dir / "samples.parquet")
+    report = {"columns": columns, "scaler": scaler.as_dict(), "leak_check": leak,
+              "folds": len(folds), "sizes": {k: int(len(v)) for k, v in segments.items()},
+              "ranges": {k: [frame["timestamp"].iloc[v[0]].isoformat(),
+                             frame["timestamp"].iloc[v[-1]].isoformat()]
+                         for k, v in segments.items()}}
+    write_json(report, out_dir / "split.json")
+    get_logger().info("split: %s; leak check passed (window %d, horizon %d, embargo %d)",
+                      report["sizes"], cfg.window, horizon, cfg.embargo)
+    return report
+
+
+def load_segments(split_dir: Path) -> tuple[np.ndarray, pd.DataFrame, dict]:
+    """Scaled input rows, the per-sample table, and the split report."""
+    from tasks.storage import read_json, read_npy
+
+    return (read_npy(split_dir / "inputs.npy"), read_parquet(split_dir / "samples.parquet"),
+            read_json(split_dir / "split.json"))

@@ -1,0 +1,135 @@
+"""The crypto_evaluate stage: test metrics with block-bootstrap intervals against naive baselines,
+a long/flat backtest, and the plots."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import task
+
+from tasks import tracking
+from tasks.config import CommonSettings, CryptoSettings
+from tasks.crypto.backtest import backtest_long_flat, buy_and_hold, plot_equity
+from tasks.crypto.timeframes import bars_per_year
+from tasks.evaluate import (
+    binary_metrics,
+    choose_threshold,
+    default_block_length,
+    majority_baseline,
+    metrics_with_ci,
+    plot_confusion,
+    plot_roc,
+)
+from tasks.logs import get_logger
+from tasks.storage import read_json, read_parquet, save_figure, write_json
+
+
+def _verdict(test: dict, baselines: dict) -> dict:
+    """Skill only if the model's accuracy interval clears every naive baseline."""
+    best_name = max(baselines, key=lambda k: baselines[k]["accuracy"])
+    best = baselines[best_name]["accuracy"]
+    low = test["accuracy_ci"][0]
+    return {"best_baseline": best_name, "best_baseline_accuracy": best,
+            "beats_best_baseline": bool(low > best),
+            "text": (f"skill: 95% CI lower bound {low:.3f} > {best_name} {best:.3f}"
+                     if low > best else
+                     f"no evidence of skill: 95% CI lower bound {low:.3f} <= {best_name} "
+                     f"{best:.3f}")}
+
+
+def _plot_learning_curve(history: list[dict], dest: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax.plot(epochs, [h["val_loss"] for h in history], label="val")
+    ax.set(xlabel="epoch", ylabel="BCE loss", title="Learning curve")
+    ax.legend()
+    return save_figure(fig, dest)
+
+
+def _plot_leak_audit(audit: dict, dest: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    names = ["leaky recipe", "leak-free"]
+    values = [audit["leaky"]["accuracy"], audit["leak_free"]["accuracy"]]
+    ax.bar(names, values, color=["tab:red", "tab:green"])
+    ax.axhline(audit["leak_free"]["majority"], color="k", ls="--", label="majority (leak-free)")
+    ax.set(ylim=(0.4, max(0.7, max(values) + 0.05)), ylabel="test accuracy",
+           title=f"Leak audit, horizon {audit['horizon']} bars")
+    ax.legend()
+    return save_figure(fig, dest)
+
+
+@task(name="crypto-evaluate")
+def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir: Path,
+                    artifacts: Path, metrics_path: Path, plots: Path) -> dict:
+    """Write metrics/crypto.json and plots/crypto/*.png; log both to the training MLflow run."""
+    trained = read_json(artifacts / "train.json")
+    preds = read_parquet(artifacts / "predictions.parquet")
+    val, test = (preds[preds["segment"] == s] for s in ("val", "test"))
+    cfg = settings.evaluate
+    threshold = choose_threshold(val["target"].to_numpy(), val["prob_model"].to_numpy())
+    y_test = test["target"].to_numpy()
+    block = cfg.block_length or default_block_length(len(test))
+    test_metrics = metrics_with_ci(y_test, test["prob_model"].to_numpy(), threshold=threshold,
+                                   n_resamples=cfg.bootstrap, block_length=block, seed=common.seed)
+    samples = read_parquet(split_dir / "samples.parquet", columns=["segment", "target"])
+    y_train = samples.loc[samples["segment"] == "train", "target"].to_numpy()
+    baselines = {
+        "majority": majority_baseline(y_train, y_test),
+        "persistence": binary_metrics(y_test, test["prob_persistence"].to_numpy()),
+        "logistic": binary_metrics(y_test, test["prob_logistic"].to_numpy()),
+    }
+    bt_rows = preds[preds["segment"] == "backtest"]
+    bt_rows = bt_rows.sort_values("position")
+    per_year = bars_per_year(settings.timeframe)
+    returns = bt_rows["next_return"].to_numpy()
+    strategy = backtest_long_flat((bt_rows["prob_model"].to_numpy() >= threshold).astype(float),
+                                  returns, cfg.fee_bps, per_year)
+    hold = buy_and_hold(returns, cfg.fee_bps, per_year)
+    plots.mkdir(parents=True, exist_ok=True)
+    plot_equity({"model long/flat": strategy["equity"], "buy and hold": hold["equity"]},
+                pd.to_datetime(bt_rows["timestamp"]).to_numpy(), plots / "equity.png")
+    plot_roc(y_test, test["prob_model"].to_numpy(), plots / "roc.png")
+    plot_confusion(y_test, (test["prob_model"].to_numpy() >= threshold).astype(int),
+                   ["down", "up"], plots / "confusion.png")
+    _plot_learning_curve(trained["history"], plots / "learning_curve.png")
+    if trained["leak_audit"]:
+        _plot_leak_audit(trained["leak_audit"], plots / "leak_audit.png")
+    backtest = {k: v for k, v in strategy.items() if k != "equity"}
+    backtest.update({f"buy_and_hold_{k}": v for k, v in hold.items() if k != "equity"})
+    backtest["fee_bps"] = cfg.fee_bps
+    metrics = {
+        "test": test_metrics,
+        "val": binary_metrics(val["target"].to_numpy(), val["prob_model"].to_numpy(), threshold),
+        "baselines": baselines,
+        "verdict": _verdict(test_metrics, baselines),
+        "walk_forward": trained["walk_forward"],
+        "leak_audit": trained["leak_audit"],
+        "regression_illusion": trained["regression_illusion"],
+        "backtest": backtest,
+        "split": trained["split"],
+        "bootstrap": {"resamples": cfg.bootstrap, "block_length": block},
+    }
+    write_json(metrics, metrics_path)
+    log = get_logger()
+    log.info("test accuracy %.3f [%.3f, %.3f] at threshold %.3f; %s",
+             test_metrics["accuracy"], *test_metrics["accuracy_ci"], threshold,
+             metrics["verdict"]["text"])
+    log.info("backtest Sharpe %.2f vs buy-and-hold %.2f (fees %.1f bps)", backtest["sharpe"],
+             backtest["buy_and_hold_sharpe"], cfg.fee_bps)
+    with tracking.run(common, "crypto", "crypto-evaluate", run_id=trained["mlflow_run_id"]):
+        tracking.log_metrics({k: v for k, v in metrics.items() if k != "split"})
+        tracking.log_artifacts(plots, artifact_path="plots")
+        tracking.log_artifacts(metrics_path)
+    return metrics

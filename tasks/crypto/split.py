@@ -1,0 +1,127 @@
+"""Leak-free chronological splits of windowed samples, with purge, embargo and walk-forward folds.
+
+A sample at position t reads feature rows t-window+1..t and its label reads closes t..t+horizon.
+Between two consecutive segments we purge `window + horizon + embargo` positions, so no bar that
+feeds one segment's inputs or labels feeds another's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tasks.config import CryptoSplit
+from tasks.errors import DataError, LeakError
+
+SEGMENTS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """Per-feature mean and std, fitted on training rows only."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, rows: np.ndarray) -> Scaler:
+        std = np.nanstd(rows, axis=0)
+        return cls(np.nanmean(rows, axis=0), np.where(std > 0, std, 1.0))
+
+    def transform(self, rows: np.ndarray) -> np.ndarray:
+        return ((rows - self.mean) / self.std).astype(np.float32)
+
+    def as_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Scaler:
+        return cls(np.asarray(data["mean"]), np.asarray(data["std"]))
+
+
+def usable_positions(features: np.ndarray, target: np.ndarray, window: int) -> np.ndarray:
+    """Positions t whose whole input window is finite and whose label is known."""
+    finite = np.isfinite(features).all(axis=1)
+    full = np.convolve(finite.astype(int), np.ones(window, dtype=int), "full")[: len(finite)]
+    ok = (full == window) & np.isfinite(target)
+    ok[: window - 1] = False
+    return np.flatnonzero(ok)
+
+
+def purge_gap(window: int, horizon: int, embargo: int) -> int:
+    return window + horizon + embargo
+
+
+def chronological_split(positions: np.ndarray, settings: CryptoSplit,
+                        horizon: int) -> dict[str, np.ndarray]:
+    """Train, val, test in time order, with a purge + embargo gap before val and before test."""
+    n = len(positions)
+    gap = purge_gap(settings.window, horizon, settings.embargo)
+    n_test = int(round(n * settings.test_fraction))
+    n_val = int(round(n * settings.val_fraction))
+    if n - n_test - n_val - 2 * gap < max(100, n // 10):
+        raise DataError(f"only {n} usable samples: too few for val/test fractions "
+                        f"{settings.val_fraction}/{settings.test_fraction} and purge gaps of {gap}",
+                        field="crypto.split")
+    test = positions[n - n_test:]
+    val = positions[positions < test[0] - gap][-n_val:]
+    train = positions[positions < val[0] - gap]
+    return {"train": train, "val": val, "test": test}
+
+
+def walk_forward_folds(positions: np.ndarray, folds: int, mode: str, settings: CryptoSplit,
+                       horizon: int) -> list[dict[str, np.ndarray]]:
+    """Expanding or rolling (train, val) folds over `positions`, each purged like the main split."""
+    gap = purge_gap(settings.window, horizon, settings.embargo)
+    block = len(positions) // (folds + 1)
+    out = []
+    for k in range(1, folds + 1):
+        val = positions[k * block: (k + 1) * block]
+        first = 0 if mode == "expanding" else (k - 1) * block
+        train = positions[first: k * block]
+        train = train[train < val[0] - gap]
+        out.append({"train": train, "val": val})
+    return out
+
+
+def touched_bars(positions: np.ndarray, window: int, horizon: int) -> tuple[int, int]:
+    """First and last bar any sample in `positions` reads (inputs or label)."""
+    return int(positions.min()) - window + 1, int(positions.max()) + horizon
+
+
+def check_no_leak(segments: dict[str, np.ndarray], window: int, horizon: int,
+                  scaler: Scaler | None = None, features: np.ndarray | None = None) -> dict:
+    """Raise LeakError if segments overlap in time or share a bar; verify the scaler's origin."""
+    names = [s for s in SEGMENTS if s in segments and len(segments[s])] or list(segments)
+    for earlier, later in zip(names, names[1:], strict=False):
+        a, b = segments[earlier], segments[later]
+        if not (np.all(np.diff(a) > 0) and np.all(np.diff(b) > 0)):
+            raise LeakError(f"{earlier}/{later}: samples are not in time order (shuffled windows)")
+        _, last_a = touched_bars(a, window, horizon)
+        first_b, _ = touched_bars(b, window, horizon)
+        if last_a >= first_b:
+            raise LeakError(f"{earlier} reads bars up to {last_a} but {later} starts reading at "
+                            f"bar {first_b}: windows/labels straddle the boundary")
+    if scaler is not None and features is not None:
+        first, last = touched_bars(segments["train"], window, 0)
+        expected = Scaler.fit(features[first: last + 1])
+        if not np.allclose(expected.mean, scaler.mean) or not np.allclose(expected.std, scaler.std):
+            raise LeakError("scaler statistics differ from the training rows' own: it was fitted "
+                            "on data outside the training segment")
+    return {"checked": names, "window": window, "horizon": horizon, "ok": True}
+
+
+def windows(matrix: np.ndarray, positions: np.ndarray, window: int) -> np.ndarray:
+    """(n, window, features) inputs ending at each position (a view where possible)."""
+    view = np.lib.stride_tricks.sliding_window_view(matrix, window, axis=0)  # (T-w+1, F, w)
+    return np.ascontiguousarray(view[positions - window + 1].transpose(0, 2, 1))
+
+
+def split_table(frame: pd.DataFrame, segments: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One row per sample: position, timestamp, segment, target, returns."""
+    parts = []
+    for name, pos in segments.items():
+        part = frame.iloc[pos][["timestamp", "target", "fwd_return", "next_return", "close"]]
+        parts.append(part.assign(position=pos, segment=name))
+    return pd.concat(parts, ignore_index=True)

@@ -1,0 +1,114 @@
+"""The crypto_train stage: baselines, the neural classifier, the leak audit, the price regressor."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from prefect import task
+
+from tasks import tracking
+from tasks.config import CommonSettings, CryptoSettings, flat_params
+from tasks.crypto.audit import leak_audit
+from tasks.crypto.modeling import (
+    logistic_baseline,
+    persistence_direction,
+    predict_proba,
+    price_regression_illusion,
+    train_classifier,
+)
+from tasks.crypto.prepare import load_segments
+from tasks.crypto.split import windows
+from tasks.logs import get_logger
+from tasks.storage import read_parquet, write_json, write_parquet
+
+REGISTERED_MODEL = "crypto-next-move"
+
+
+def _segment_data(inputs: np.ndarray, samples: pd.DataFrame, window: int) -> dict[str, tuple]:
+    data = {}
+    for name, part in samples.groupby("segment", sort=False):
+        pos = part["position"].to_numpy()
+        data[name] = (windows(inputs, pos, window), part["target"].to_numpy(), pos)
+    return data
+
+
+def _backtest_rows(inputs: np.ndarray, features: pd.DataFrame, test_pos: np.ndarray,
+                   window: int) -> np.ndarray:
+    """Every bar of the test period whose input window is complete, labelled or not."""
+    pos = np.arange(test_pos.min(), test_pos.max() + 1)
+    finite = np.isfinite(windows(inputs, pos, window)).all(axis=(1, 2))
+    ok = finite & features["close"].shift(-1).notna().to_numpy()[pos]
+    return pos[ok]
+
+
+def _walk_forward(inputs: np.ndarray, target: np.ndarray, split_dir: Path, folds: int,
+                  window: int, seed: int) -> dict:
+    from tasks.storage import read_npy
+
+    scores = []
+    for i in range(folds):
+        train, val = (read_npy(split_dir / f"fold{i}_{k}.npy") for k in ("train", "val"))
+        model = logistic_baseline(windows(inputs, train, window), target[train], seed)
+        pred = model.predict(windows(inputs, val, window).reshape(len(val), -1))
+        scores.append(float(np.mean(pred == target[val])))
+    return {"folds": folds, "logistic_accuracy": scores,
+            "mean": float(np.mean(scores)) if scores else None}
+
+
+@task(name="crypto-train")
+def train_models(settings: CryptoSettings, common: CommonSettings, features_path: Path,
+                 split_dir: Path, out_dir: Path, device: torch.device) -> dict:
+    """Fit baselines and the network; write predictions, audits and the model; log to MLflow."""
+    log = get_logger()
+    features = read_parquet(features_path)
+    inputs, samples, split_report = load_segments(split_dir)
+    window, seed = settings.split.window, common.seed
+    data = _segment_data(inputs, samples, window)
+    close = features["close"].to_numpy()
+    params = {**flat_params(settings, "crypto."), "common.seed": seed, "device": str(device)}
+    with tracking.run(common, "crypto", "crypto-train", params=params,
+                      tags={"stage": "crypto_train", "symbol": settings.symbol}) as active:
+        result = train_classifier(
+            settings.model, settings.train, {k: v[:2] for k, v in data.items()}, seed, device,
+            on_epoch=lambda row: tracking.log_metrics(
+                {k: row[k] for k in ("train_loss", "val_loss", "lr")}, step=row["epoch"]))
+        logistic = logistic_baseline(data["train"][0], data["train"][1], seed)
+        horizon = settings.label.horizon
+        frames = []
+        bt_pos = _backtest_rows(inputs, features, data["test"][2], window)
+        rows = {**{k: v[2] for k, v in data.items() if k != "train"}, "backtest": bt_pos}
+        for name, pos in rows.items():
+            x = windows(inputs, pos, window)
+            past = close[pos] / close[np.maximum(pos - horizon, 0)] - 1
+            frames.append(pd.DataFrame({
+                "segment": name, "position": pos,
+                "timestamp": features["timestamp"].to_numpy()[pos],
+                "target": features["target"].to_numpy()[pos],
+                "next_return": features["next_return"].to_numpy()[pos],
+                "prob_model": predict_proba(result.model, x, device),
+                "prob_logistic": logistic.predict_proba(x.reshape(len(x), -1))[:, 1],
+                "prob_persistence": persistence_direction(past)}))
+        write_parquet(pd.concat(frames, ignore_index=True), out_dir / "predictions.parquet")
+        walk = _walk_forward(inputs, features["target"].to_numpy(), split_dir,
+                             settings.split.walk_forward.folds, window, seed)
+        audit = (leak_audit.fn(features, settings, seed, device)
+                 if settings.leak_audit.enabled else {})
+        train_end = int(data["train"][2].max()) + 1
+        illusion = price_regression_illusion(close, train_end, data["test"][2], window)
+        log.info("price regressor R² %.4f vs persistence R² %.4f: skill over copying the last "
+                 "price %+.4f", illusion["regressor"]["r2"], illusion["persistence"]["r2"],
+                 illusion["skill_vs_persistence"])
+        summary = {"history": result.history, "best_epoch": result.best_epoch,
+                   "stopped_early": result.stopped_early, "walk_forward": walk,
+                   "leak_audit": audit, "regression_illusion": illusion,
+                   "train_positive_rate": float(np.mean(data["train"][1])),
+                   "mlflow_run_id": active.info.run_id, "split": split_report["sizes"]}
+        torch.save(result.model.state_dict(), out_dir / "model.pt")
+        write_json(summary, out_dir / "train.json")
+        tracking.log_metrics({"walk_forward_mean": walk["mean"], "best_epoch": result.best_epoch})
+        registered = REGISTERED_MODEL if common.mlflow.register_models else None
+        tracking.log_torch_model(result.model.cpu(), "model", registered,
+                                 input_example=data["test"][0][:2])
+    return summary

@@ -1,0 +1,113 @@
+"""The one MLflow helper: tracking URI, runs per pipeline, flat metrics, plots, models."""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tasks.config import CommonSettings
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+_SECRET = re.compile(r"(api_?key|secret|password|token|passphrase|private)", re.IGNORECASE)
+
+
+def redact(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop anything that looks like a credential, whatever the caller passed."""
+    return {k: v for k, v in params.items() if not _SECRET.search(k)}
+
+
+def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """{'test': {'accuracy': .5}} -> {'test.accuracy': .5}; keeps finite numbers only."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, bool):
+            out[name] = float(value)
+        elif isinstance(value, (int, float)) and value == value and abs(value) != float("inf"):
+            out[name] = float(value)
+    return out
+
+
+def configure(common: CommonSettings) -> str:
+    """Point MLflow at the configured store; an explicit URI avoids MLflow's cwd guesses."""
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or common.mlflow.tracking_uri
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def _experiment_id(common: CommonSettings, pipeline: str) -> str:
+    import mlflow
+
+    name = f"{common.mlflow.experiment_prefix}-{pipeline}"
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    artifacts = Path(common.mlflow.artifact_dir).resolve() / pipeline
+    return mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
+
+
+@contextmanager
+def run(common: CommonSettings, pipeline: str, run_name: str, *,
+        params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
+        run_id: str | None = None, nested: bool = False) -> Iterator[Any]:
+    """Start (or resume, given `run_id`) an MLflow run in the pipeline's experiment."""
+    import mlflow
+
+    configure(common)
+    if run_id is not None:
+        ctx = mlflow.start_run(run_id=run_id, nested=nested)
+    else:
+        ctx = mlflow.start_run(experiment_id=_experiment_id(common, pipeline), run_name=run_name,
+                               nested=nested, tags={"pipeline": pipeline, **(tags or {})})
+    with ctx as active:
+        if params:
+            log_params(params)
+        yield active
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    import mlflow
+
+    clean = {k: ("" if v is None else str(v))[:6000] for k, v in redact(params).items()}
+    mlflow.log_params(clean)
+
+
+def log_metrics(metrics: Mapping[str, Any], step: int | None = None, prefix: str = "") -> None:
+    import mlflow
+
+    flat = flatten(metrics, prefix)
+    if flat:
+        mlflow.log_metrics(flat, step=step)
+
+
+def log_artifacts(*paths: str | os.PathLike, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+        elif path.exists():
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_torch_model(model: Any, name: str, registered_name: str | None = None,
+                    input_example: Any = None) -> Any:
+    """Log a torch model (pickle format, pinned torch, no slow pip inference); optionally register."""
+    import mlflow.pytorch
+    import torch
+
+    return mlflow.pytorch.log_model(
+        model, name=name, registered_model_name=registered_name, input_example=input_example,
+        serialization_format="pickle",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+    )

@@ -1,0 +1,328 @@
+"""The one training loop for every pipeline: AdamW/SGD, warm-up + cosine LR, early stopping, resume.
+
+Read `fit` top to bottom. Loaders yield `(inputs..., target)`; the model is called as
+`model(*inputs)` and the loss as `loss_fn(outputs, target)` (a mean over the batch).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from tasks.errors import ConfigError, DataError, ReproLabError
+from tasks.logs import get_logger
+from tasks.storage import atomic_path
+
+History = list[dict[str, float]]
+
+
+# ---------------------------------------------------------------- setup helpers
+def resolve_device(setting: str) -> torch.device:
+    """common.device -> torch.device; "auto" picks CUDA when there is one."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cpu":
+        return torch.device("cpu")
+    if setting == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("common.device: 'cuda' asked for but no CUDA device is available; "
+                              "use 'auto' or 'cpu'")
+        return torch.device("cuda")
+    raise ConfigError(f"common.device: must be 'auto', 'cpu' or 'cuda', got {setting!r}")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def tensor_loader(X: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int,
+                  y_dtype: torch.dtype = torch.float32,
+                  x_dtype: torch.dtype = torch.float32) -> DataLoader:
+    """A DataLoader over in-memory arrays with its own seeded shuffle order.
+
+    y is float32 for binary targets; pass y_dtype=torch.int64 for class indices (x_dtype too for token ids).
+    """
+    if len(X) != len(y):
+        raise DataError(f"X has {len(X)} rows but y has {len(y)}")
+    dataset = TensorDataset(torch.as_tensor(np.asarray(X), dtype=x_dtype),
+                            torch.as_tensor(np.asarray(y), dtype=y_dtype))
+    # BatchNorm cannot train on a batch of one sample: drop such a last training batch
+    drop_last = shuffle and len(X) % batch_size == 1
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- config and result
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything `fit` needs to know besides the model and the data."""
+
+    epochs: int
+    lr: float
+    weight_decay: float = 0.0
+    patience: int = 4
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    warmup_epochs: int = 0
+    cosine: bool = True
+    grad_accum: int = 1
+    max_grad_norm: float | None = None
+    momentum: float = 0.9  # SGD only
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1, "lr": self.lr > 0, "patience": self.patience >= 1,
+            "optimizer": self.optimizer in ("adamw", "sgd"),
+            "warmup_epochs": 0 <= self.warmup_epochs, "grad_accum": self.grad_accum >= 1,
+            "max_grad_norm": self.max_grad_norm is None or self.max_grad_norm > 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"train.{name}: invalid value {getattr(self, name)!r}")
+
+    @classmethod
+    def from_settings(cls, train_settings: Any, seed: int) -> FitConfig:
+        """Take every FitConfig field a TrainSettings section has (epochs, lr, ...) plus the seed."""
+        known = {f.name for f in fields(cls)} - {"seed"}
+        values = {name: getattr(train_settings, name) for name in known
+                  if hasattr(train_settings, name)}
+        return cls(seed=seed, **values)
+
+
+@dataclass
+class FitResult:
+    """The model with its best weights loaded, the per-epoch history and how training ended."""
+
+    model: nn.Module
+    history: History = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float = math.inf
+    stopped_early: bool = False
+
+
+# ---------------------------------------------------------------- small pieces of the loop
+def _split_batch(batch: Sequence[torch.Tensor], device: torch.device
+                 ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """(inputs..., target) -> (inputs, target); a one-element batch is inputs only."""
+    tensors = [t.to(device, non_blocking=True) for t in batch]
+    if len(tensors) == 1:
+        return tensors, None
+    return tensors[:-1], tensors[-1]
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; nothing on CPU."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _make_optimizer(model: nn.Module, config: FitConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD; weight decay on matrices and kernels only, not on biases and norms (nanoGPT)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def _lr_factor(step: int, warmup_steps: int, total_steps: int, cosine: bool) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine decay to zero at `total_steps` (or flat)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if not cosine:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _rng_states(train_loader: DataLoader) -> dict[str, Any]:
+    """Every random generator training touches, as weights_only-loadable values."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    if train_loader.generator is not None:
+        states["loader"] = train_loader.generator.get_state()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any], train_loader: DataLoader) -> None:
+    torch.set_rng_state(states["torch"])
+    np_state = states["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if "loader" in states and train_loader.generator is not None:
+        train_loader.generator.set_state(states["loader"])
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"checkpoint cannot be read ({exc}); delete it to start over",
+                        path=path) from exc
+
+
+def _evaluate_loss(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: torch.device
+                   ) -> float:
+    """Mean loss over every sample of `loader`, in eval mode."""
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            inputs, target = _split_batch(batch, device)
+            with _autocast(device):
+                outputs = model(*inputs)
+            total += loss_fn(outputs.float(), target).item() * len(target)
+            count += len(target)
+    return total / max(count, 1)
+
+
+# ---------------------------------------------------------------- the loop
+def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss_fn: Callable,
+        config: FitConfig, device: torch.device, *,
+        on_epoch: Callable[[dict], None] | None = None,
+        checkpoint_path: Path | None = None) -> FitResult:
+    """Train with early stopping on val loss; return the model with its best weights loaded.
+
+    The LR schedule is per optimizer step: linear warm-up over `warmup_epochs`, then cosine
+    decay to zero at the last epoch. With `checkpoint_path`, every epoch is saved and a later
+    call resumes from the next epoch exactly (same weights as an uninterrupted run).
+    """
+    log = get_logger()
+    seed_everything(config.seed)
+    model.to(device)
+    optimizer = _make_optimizer(model, config)
+    if len(train_loader) == 0:
+        raise DataError("training loader has no batches")
+    steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
+    warmup_steps = config.warmup_epochs * steps_per_epoch
+    total_steps = config.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, warmup_steps, total_steps, config.cosine))
+
+    history: History = []
+    best_val, best_epoch, best_state = math.inf, 0, None
+    start_epoch, stopped_early = 1, False
+
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        ckpt = _load_checkpoint(Path(checkpoint_path))
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise DataError(f"checkpoint does not match this model/optimizer ({exc}); "
+                            "delete it to start over", path=checkpoint_path) from exc
+        scheduler.load_state_dict(ckpt["scheduler"])
+        _set_rng_states(ckpt["rng"], train_loader)
+        history, best_val, best_epoch = ckpt["history"], ckpt["best_val"], ckpt["best_epoch"]
+        best_state, stopped_early = ckpt["best_state"], ckpt["stopped_early"]
+        start_epoch = ckpt["epoch"] + 1
+        # the schedule follows this call's epochs, even if the checkpoint was made with others
+        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = base_lr * _lr_factor(scheduler.last_epoch, warmup_steps, total_steps,
+                                               config.cosine)
+        log.info("resuming from %s at epoch %d", checkpoint_path, start_epoch)
+
+    n_batches = len(train_loader)
+    for epoch in range(start_epoch, config.epochs + 1):
+        if stopped_early:
+            break
+        started = time.perf_counter()
+
+        # ---- train one epoch (gradient accumulation over `grad_accum` batches)
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        train_total, train_count, lr = 0.0, 0, optimizer.param_groups[0]["lr"]
+        for i, batch in enumerate(train_loader):
+            inputs, target = _split_batch(batch, device)
+            group_start = (i // config.grad_accum) * config.grad_accum
+            group_size = min(config.grad_accum, n_batches - group_start)
+            with _autocast(device):
+                outputs = model(*inputs)
+            loss = loss_fn(outputs.float(), target)
+            (loss / group_size).backward()
+            train_total += loss.item() * len(target)
+            train_count += len(target)
+            if i - group_start + 1 == group_size:  # last batch of this accumulation group
+                if config.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+        # ---- validate, keep the best weights, decide on early stopping
+        val_loss = _evaluate_loss(model, val_loader, loss_fn, device)
+        if val_loss < best_val:
+            best_val, best_epoch = val_loss, epoch
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        stopped_early = epoch - best_epoch >= config.patience and epoch < config.epochs
+        row = {"epoch": epoch, "train_loss": train_total / max(train_count, 1),
+               "val_loss": val_loss, "lr": lr, "seconds": time.perf_counter() - started}
+        history.append(row)
+        log.info("epoch %d/%d train_loss %.4f val_loss %.4f lr %.2e (%.1fs)%s", epoch,
+                 config.epochs, row["train_loss"], val_loss, lr, row["seconds"],
+                 " *" if best_epoch == epoch else "")
+
+        # ---- checkpoint (atomically), then report
+        if checkpoint_path is not None:
+            with atomic_path(checkpoint_path) as tmp:
+                torch.save({
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch,
+                    "best_state": best_state, "best_val": best_val, "best_epoch": best_epoch,
+                    "stopped_early": stopped_early, "history": history,
+                    "rng": _rng_states(train_loader),
+                }, tmp)
+        if on_epoch is not None:
+            on_epoch(dict(row))
+        if stopped_early:
+            log.info("early stop: no val improvement for %d epochs (best epoch %d, val_loss %.4f)",
+                     config.patience, best_epoch, best_val)
+
+    if best_state is None:
+        raise ReproLabError("training diverged: the validation loss was never finite")
+    model.load_state_dict(best_state)
+    return FitResult(model=model, history=history, best_epoch=best_epoch,
+                     best_val_loss=best_val, stopped_early=stopped_early)
+
+
+def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
+    """Raw model outputs (logits) for every batch of `loader`, in order, as one array."""
+    model.to(device)
+    model.eval()
+    outputs = []
+    with torch.no_grad():
+        for batch in loader:
+            inputs, _ = _split_batch(batch, device)
+            with _autocast(device):
+                outputs.append(model(*inputs).float().cpu())
+    return torch.cat(outputs).numpy()
