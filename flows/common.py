@@ -82,7 +82,9 @@ def main(pipeline: str, stages: dict[str, Callable[..., Any]], argv: list[str] |
                         metavar="KEY=VALUE", help="override a params.yaml value (dotted key)")
     args = parser.parse_args(argv)
     try:
-        stages[args.stage](overrides=parse_overrides(args.overrides) or None)
+        overrides = parse_overrides(args.overrides) or None
+        settings(overrides)  # fail fast on a bad params.yaml, before any flow starts
+        stages[args.stage](overrides=overrides)
     except ReproLabError as exc:
         print(f"error: {pipeline} {args.stage}: {exc}", file=sys.stderr)
         return 2

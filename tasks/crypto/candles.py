@@ -261,7 +261,7 @@ def gap_report(frame: pd.DataFrame, timeframe: str, max_listed: int = 50) -> dic
 
 # ------------------------------------------------------------------ demo data
 def demo_candles(n_bars: int, start: datetime, timeframe: str, seed: int) -> pd.DataFrame:
-    """Deterministic synthetic candles: GARCH-like volatility, weak 1-bar mean reversion.
+    """Deterministic synthetic candles: GARCH-like volatility, 1-bar mean reversion.
 
     The mean reversion gives a model something small but real to find (as in real 1h BTC);
     volume rises with absolute returns.
@@ -274,7 +274,7 @@ def demo_candles(n_bars: int, start: datetime, timeframe: str, seed: int) -> pd.
     vol[0], ret[0] = 0.01, 0.0
     for t in range(1, n):
         vol[t] = np.sqrt(1e-6 + 0.08 * ret[t - 1] ** 2 + 0.9 * vol[t - 1] ** 2)
-        ret[t] = -0.12 * ret[t - 1] + vol[t] * shocks[t]
+        ret[t] = -0.25 * ret[t - 1] + vol[t] * shocks[t]
     close = 20000.0 * np.exp(np.cumsum(ret))
     open_ = close[:-1]
     close = close[1:]

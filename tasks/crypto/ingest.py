@@ -9,13 +9,7 @@ from prefect import task
 
 from tasks.config import CryptoSettings
 from tasks.crypto import store
-from tasks.crypto.candles import (
-    demo_candles,
-    drop_incomplete,
-    gap_report,
-    read_candle_file,
-    validate_candles,
-)
+from tasks.crypto.candles import demo_candles, gap_report, read_candle_file, validate_candles
 from tasks.logs import get_logger
 
 DEMO_EXCHANGE = "demo"
@@ -54,9 +48,9 @@ def _ingest_demo(settings: CryptoSettings, raw_root: Path, seed: int) -> dict[st
 def _ingest_file(settings: CryptoSettings, raw_root: Path) -> dict[str, dict]:
     path = Path(settings.file.path)
     frame = read_candle_file(path, settings.file.format)
-    frame = frame.sort_values("timestamp", kind="stable")
-    if settings.drop_incomplete:
-        frame = drop_incomplete(frame, settings.timeframe, now=None)
+    if settings.drop_incomplete and frame["timestamp"].notna().any():
+        # an export may end with a still-open candle and nothing says so: drop the newest
+        frame = frame.drop(index=frame["timestamp"].idxmax())
     symbol = settings.symbol
     return {symbol: save_batch(raw_root, settings.exchange, symbol, settings.timeframe, frame,
                                str(path))}
