@@ -48,6 +48,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _as_tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """Share memory where allowed; read-only arrays (pandas copy-on-write) are copied first."""
+    array = np.asarray(array)
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.as_tensor(array, dtype=dtype)
+
+
 def tensor_loader(X: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int,
                   y_dtype: torch.dtype = torch.float32,
                   x_dtype: torch.dtype = torch.float32) -> DataLoader:
@@ -57,8 +65,7 @@ def tensor_loader(X: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, 
     """
     if len(X) != len(y):
         raise DataError(f"X has {len(X)} rows but y has {len(y)}")
-    dataset = TensorDataset(torch.as_tensor(np.asarray(X), dtype=x_dtype),
-                            torch.as_tensor(np.asarray(y), dtype=y_dtype))
+    dataset = TensorDataset(_as_tensor(X, x_dtype), _as_tensor(y, y_dtype))
     # BatchNorm cannot train on a batch of one sample: drop such a last training batch
     drop_last = shuffle and len(X) % batch_size == 1
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
