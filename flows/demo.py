@@ -18,8 +18,8 @@ console = Console()
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
-    if isinstance(value, list) and len(value) == 2:
-        return f"[{value[0]:.3f}, {value[1]:.3f}]"
+    if isinstance(value, dict) and set(value) == {"low", "high"}:
+        return f"[{value['low']:.3f}, {value['high']:.3f}]"
     return str(value)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,17 +42,17 @@ class CommonSettings(Section):
 # ---------------------------------------------------------------- crypto
 def _parse_utc(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
-        return value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
     text = str(value).strip()
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
         raise ValueError(f"not an ISO-8601 date/time: {text!r}") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class CryptoLive(Section):
-    since: datetime = datetime(2017, 8, 17, tzinfo=timezone.utc)
+    since: datetime = datetime(2017, 8, 17, tzinfo=UTC)
     until: datetime | None = None
     page_limit: int | None = Field(None, ge=1, description="candles a request; None = exchange max")
     max_retries: int = Field(5, ge=0)
@@ -75,7 +75,7 @@ class CryptoFile(Section):
 
 class CryptoDemo(Section):
     n_bars: int = Field(20000, ge=500)
-    start: datetime = datetime(2022, 1, 1, tzinfo=timezone.utc)
+    start: datetime = datetime(2022, 1, 1, tzinfo=UTC)
 
     _utc = field_validator("start", mode="before")(_parse_utc)
 

@@ -208,12 +208,16 @@ def bootstrap_ci(y_true: np.ndarray, prob: np.ndarray,
 def metrics_with_ci(y_true: np.ndarray, prob: np.ndarray, *, threshold: float = 0.5,
                     n_resamples: int, block_length: int | None, seed: int,
                     alpha: float = 0.05) -> dict:
-    """binary_metrics plus "<name>_ci": [low, high] for each of CI_METRICS, and the threshold."""
+    """binary_metrics plus "<name>_ci": {"low", "high"} for each of CI_METRICS, and the threshold.
+
+    Intervals are mappings, not lists, so `dvc metrics show` and MLflow list them as numbers.
+    """
     out = binary_metrics(y_true, prob, threshold)
     cis = bootstrap_ci(y_true, prob, CI_METRICS, n_resamples=n_resamples,
                        block_length=block_length, seed=seed, alpha=alpha, threshold=threshold)
     for name in CI_METRICS:
-        out[f"{name}_ci"] = list(cis[name])
+        low, high = cis[name]
+        out[f"{name}_ci"] = {"low": low, "high": high}
     out["threshold"] = float(threshold)
     return out
 

@@ -36,10 +36,11 @@ def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def configure(common: CommonSettings) -> str:
-    """Point MLflow at the configured store; an explicit URI avoids MLflow's cwd guesses."""
+    """Point MLflow at the configured store (params.yaml is the one source of truth: MLflow
+    itself exports MLFLOW_TRACKING_URI, so that variable is not trusted as a user's choice)."""
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or common.mlflow.tracking_uri
+    uri = common.mlflow.tracking_uri
     mlflow.set_tracking_uri(uri)
     return uri
 

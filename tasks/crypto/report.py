@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from prefect import task
 
@@ -28,7 +27,7 @@ from tasks.storage import read_json, read_parquet, save_figure, write_json
 def _verdict(test: dict, baselines: dict) -> dict:
     """Skill only where the model's 95% accuracy interval clears the naive baselines
     (majority, persistence); whether it also clears logistic regression is said apart."""
-    low = test["accuracy_ci"][0]
+    low = test["accuracy_ci"]["low"]
     naive = max(("majority", "persistence"), key=lambda k: baselines[k]["accuracy"])
     naive_acc = baselines[naive]["accuracy"]
     logistic = baselines["logistic"]["accuracy"]
@@ -129,7 +128,8 @@ def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir:
     write_json(metrics, metrics_path)
     log = get_logger()
     log.info("test accuracy %.3f [%.3f, %.3f] at threshold %.3f; %s",
-             test_metrics["accuracy"], *test_metrics["accuracy_ci"], threshold,
+             test_metrics["accuracy"], test_metrics["accuracy_ci"]["low"],
+             test_metrics["accuracy_ci"]["high"], threshold,
              metrics["verdict"]["text"])
     log.info("backtest Sharpe %.2f vs buy-and-hold %.2f (fees %.1f bps)", backtest["sharpe"],
              backtest["buy_and_hold_sharpe"], cfg.fee_bps)

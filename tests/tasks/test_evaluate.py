@@ -151,7 +151,7 @@ def test_metrics_with_ci_is_json_friendly():
     out = metrics_with_ci(y, prob, threshold=0.5, n_resamples=100, block_length=None, seed=0)
     for name in ("accuracy", "balanced_accuracy", "mcc", "auc", "log_loss"):
         assert type(out[name]) is float
-        low, high = out[f"{name}_ci"]
+        low, high = out[f"{name}_ci"]["low"], out[f"{name}_ci"]["high"]
         assert type(low) is float and low <= out[name] <= high
     assert out["n"] == 300
     json.dumps(out)

@@ -1,5 +1,5 @@
 """Candle files in real-world layouts, validation with quarantine, gaps, incomplete candles."""
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +108,7 @@ def test_bad_rows_are_quarantined_with_line_and_reason(tmp_path):
 
 
 def test_gap_report_counts_missing_candles():
-    frame = demo_candles(100, datetime(2024, 1, 1, tzinfo=timezone.utc), "1h", 0)
+    frame = demo_candles(100, datetime(2024, 1, 1, tzinfo=UTC), "1h", 0)
     holed = frame.drop(index=[10, 11, 12, 50]).reset_index(drop=True)
     report = gap_report(holed, "1h")
     assert report["missing"] == 4 and report["gaps"] == 2
@@ -117,14 +117,14 @@ def test_gap_report_counts_missing_candles():
 
 
 def test_drop_incomplete_keeps_only_closed_candles():
-    frame = demo_candles(5, datetime(2024, 1, 1, tzinfo=timezone.utc), "1h", 0)
-    now = datetime(2024, 1, 1, 4, 30, tzinfo=timezone.utc)  # the 04:00 candle is still open
+    frame = demo_candles(5, datetime(2024, 1, 1, tzinfo=UTC), "1h", 0)
+    now = datetime(2024, 1, 1, 4, 30, tzinfo=UTC)  # the 04:00 candle is still open
     assert len(drop_incomplete(frame, "1h", now)) == 4
     assert len(drop_incomplete(frame, "1h", None)) == 4  # a file: the newest can't be trusted
 
 
 def test_demo_candles_are_deterministic_and_valid():
-    start = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2024, 1, 1, tzinfo=UTC)
     a, b = demo_candles(3000, start, "1h", 7), demo_candles(3000, start, "1h", 7)
     pd.testing.assert_frame_equal(a, b)
     good, bad, _ = validate_candles(a, "demo")

@@ -1,5 +1,5 @@
 """Leak-freedom by construction: causal features, purged chronological splits, train-only scaler."""
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -19,7 +19,7 @@ from tasks.crypto.split import (
 )
 from tasks.errors import DataError, LeakError
 
-START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.config import CommonSettings, load_params
+from tasks.config import load_params
 from tasks.crypto.ingest import ingest_candles
 from tasks.crypto.paths import CryptoPaths
 from tasks.crypto.prepare import build_features, build_splits
@@ -59,7 +59,7 @@ def test_split_is_leak_checked_and_chronological(run):
 
 def test_metrics_file_has_the_interface_keys(run):
     metrics = read_json(run["paths"].metrics)
-    for dotted in ("test.accuracy", "test.accuracy_ci", "baselines.majority.accuracy",
+    for dotted in ("test.accuracy", "test.accuracy_ci.low", "test.accuracy_ci.high", "baselines.majority.accuracy",
                    "baselines.persistence.accuracy", "leak_audit.leaky.accuracy",
                    "leak_audit.leak_free.accuracy", "backtest.sharpe",
                    "backtest.buy_and_hold_sharpe"):
@@ -67,7 +67,7 @@ def test_metrics_file_has_the_interface_keys(run):
         for part in dotted.split("."):
             node = node[part]
         assert node is not None, dotted
-    low, high = metrics["test"]["accuracy_ci"]
+    low, high = metrics["test"]["accuracy_ci"]["low"], metrics["test"]["accuracy_ci"]["high"]
     assert low <= metrics["test"]["accuracy"] <= high
     assert metrics["verdict"]["text"].startswith(("skill", "no evidence"))
     assert {p.name for p in run["paths"].plots.iterdir()} >= {

@@ -1,0 +1,105 @@
+"""`dvc repro` in a temporary copy of the repo on source: demo, each stage a real Prefect flow
+reporting to a real Prefect server; a second `dvc repro` reproduces nothing."""
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import mlflow
+import pytest
+import yaml
+
+from tests.conftest import ROOT, VENV_BIN
+
+pytestmark = pytest.mark.slow
+STAGES = ["crypto_ingest", "crypto_features", "crypto_split", "crypto_train", "crypto_evaluate"]
+METRIC_KEYS = ["test.accuracy", "test.accuracy_ci.low", "test.accuracy_ci.high", "baselines.majority.accuracy",
+               "baselines.persistence.accuracy", "leak_audit.leaky.accuracy",
+               "leak_audit.leak_free.accuracy", "backtest.sharpe", "backtest.buy_and_hold_sharpe"]
+SMALL = {"crypto": {"demo": {"n_bars": 4000}, "train": {"epochs": 2},
+                    "model": {"hidden": 8}, "evaluate": {"bootstrap": 100},
+                    "split": {"walk_forward": {"folds": 2}}}}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        base[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return base
+
+
+def copy_repo(dest: Path) -> Path:
+    """The project's tracked and untracked-not-ignored files, as a fresh git repo."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                            check=True, capture_output=True, text=True).stdout.splitlines()
+    for rel in listed:
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dest, check=True)
+    return dest
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, prefect_server):
+    repo = copy_repo(tmp_path_factory.mktemp("repo"))
+    params = _merge(yaml.safe_load((repo / "params.yaml").read_text()), SMALL)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+           "PREFECT_API_URL": prefect_server, "PYTHONPATH": str(repo)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    first = run(["dvc", "repro"], repo, env)
+    return repo, env, first
+
+
+def test_first_repro_runs_every_stage_as_a_flow(repo, prefect_server):
+    path, env, first = repo
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in first.stdout
+    runs = httpx.post(f"{prefect_server}/flow_runs/filter", json={}).json()
+    flows = {f["id"]: f["name"] for f in httpx.post(f"{prefect_server}/flows/filter",
+                                                    json={}).json()}
+    names = {flows[r["flow_id"]]: r["state_type"] for r in runs}
+    for stage in STAGES:
+        assert names.get(stage) == "COMPLETED", names
+
+
+def test_second_repro_reproduces_nothing_and_status_is_clean(repo):
+    path, env, _ = repo
+    second = run(["dvc", "repro"], path, env)
+    assert "Running stage" not in second.stdout
+    assert "up to date" in second.stdout
+    status = run(["dvc", "status", "--json"], path, env)
+    assert json.loads(status.stdout) == {}
+
+
+def test_metrics_show_lists_the_interface_keys(repo):
+    path, env, _ = repo
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], path, env).stdout)
+    metrics = shown[""]["data"]["metrics/crypto.json"]["data"]
+    for dotted in METRIC_KEYS:
+        node = metrics
+        for part in dotted.split("."):
+            assert part in node, dotted
+            node = node[part]
+
+
+def test_mlflow_sqlite_store_holds_the_run_and_model(repo):
+    path, _, _ = repo
+    assert (path / "mlflow.db").exists()
+    mlflow.set_tracking_uri(f"sqlite:///{path}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["reprolab-crypto"], output_format="list")
+    assert len(runs) == 1
+    assert "test.accuracy" in runs[0].data.metrics
+    versions = mlflow.tracking.MlflowClient().search_model_versions("name='crypto-next-move'")
+    assert len(versions) == 1
