@@ -1,0 +1,1 @@
+"""Side-by-side speed measurements that print ratios against a baseline run."""
