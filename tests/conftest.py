@@ -40,6 +40,17 @@ def wait_for_http(url: str, timeout: float, proc: subprocess.Popen | None = None
     raise TimeoutError(f"{url} not healthy after {timeout:.0f} s")
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and do not fight other processes for the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """A real `prefect server start` on 127.0.0.1 (free port); yields its API URL."""

@@ -69,9 +69,11 @@ def test_first_repro_runs_every_stage_as_a_flow(repo, prefect_server):
     runs = httpx.post(f"{prefect_server}/flow_runs/filter", json={}).json()
     flows = {f["id"]: f["name"] for f in httpx.post(f"{prefect_server}/flows/filter",
                                                     json={}).json()}
-    names = {flows[r["flow_id"]]: r["state_type"] for r in runs}
+    states: dict[str, list[str]] = {}
+    for r in runs:  # the server is shared by the session: other tests' runs are there too
+        states.setdefault(flows[r["flow_id"]], []).append(r["state_type"])
     for stage in STAGES:
-        assert names.get(stage) == "COMPLETED", names
+        assert "COMPLETED" in states.get(stage, []), states
 
 
 def test_second_repro_reproduces_nothing_and_status_is_clean(repo):

@@ -20,13 +20,7 @@ from models.sequence import CausalTCN, WindowMLP, build_sequence_model
 N_FEATURES, WINDOW = 4, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest on one thread, and do not fight other processes for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _build(kind: str, **overrides) -> nn.Module:

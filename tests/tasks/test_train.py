@@ -22,13 +22,7 @@ WINDOW, N_FEATURES = 8, 3
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest on one thread, and do not fight other processes for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n: int, seed: int, signal: bool) -> tuple[np.ndarray, np.ndarray]:
