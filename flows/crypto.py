@@ -62,8 +62,7 @@ def pipeline(overrides: dict[str, Any] | None = None, use_dvc: bool = True) -> d
     """The whole pipeline. In a DVC repo without overrides, DVC decides which stages are stale;
     otherwise every stage runs here as a subflow."""
     if use_dvc and not overrides and in_dvc_repo():
-        ran = dvc_repro(["crypto_evaluate"])
-        return {"stages_run": ran}
+        return {"stages_run": dvc_repro(["crypto_evaluate"])}
     for stage in (ingest, features, split, train, evaluate):
         stage(overrides=overrides)
     return {"stages_run": STAGES}

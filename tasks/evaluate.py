@@ -354,3 +354,19 @@ def plot_roc(y_true: np.ndarray, prob: np.ndarray, dest: str | os.PathLike) -> P
     ax.set_title(f"ROC (n={y.size})" if np.isfinite(auc) else "ROC undefined: one class only")
     ax.legend(loc="lower right")
     return save_figure(fig, dest)
+
+
+def plot_learning_curve(history: list[dict], dest: str | os.PathLike) -> Path:
+    """Train and validation loss per epoch from a `fit` history."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax.plot(epochs, [h["val_loss"] for h in history], label="val")
+    ax.set(xlabel="epoch", ylabel="loss", title="Learning curve")
+    ax.legend()
+    return save_figure(fig, dest)

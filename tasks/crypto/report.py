@@ -18,6 +18,7 @@ from tasks.evaluate import (
     majority_baseline,
     metrics_with_ci,
     plot_confusion,
+    plot_learning_curve,
     plot_roc,
 )
 from tasks.logs import get_logger
@@ -40,21 +41,6 @@ def _verdict(test: dict, baselines: dict) -> dict:
         text = f"no evidence of skill: 95% CI lower bound {low:.3f} <= {naive} {naive_acc:.3f}"
     return {"best_naive_baseline": naive, "best_naive_accuracy": naive_acc,
             "beats_naive_baselines": beats_naive, "beats_logistic": beats_logistic, "text": text}
-
-
-def _plot_learning_curve(history: list[dict], dest: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["train_loss"] for h in history], label="train")
-    ax.plot(epochs, [h["val_loss"] for h in history], label="val")
-    ax.set(xlabel="epoch", ylabel="BCE loss", title="Learning curve")
-    ax.legend()
-    return save_figure(fig, dest)
 
 
 def _plot_leak_audit(audit: dict, dest: Path) -> Path:
@@ -107,7 +93,7 @@ def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir:
     plot_roc(y_test, test["prob_model"].to_numpy(), plots / "roc.png")
     plot_confusion(y_test, (test["prob_model"].to_numpy() >= threshold).astype(int),
                    ["down", "up"], plots / "confusion.png")
-    _plot_learning_curve(trained["history"], plots / "learning_curve.png")
+    plot_learning_curve(trained["history"], plots / "learning_curve.png")
     if trained["leak_audit"]:
         _plot_leak_audit(trained["leak_audit"], plots / "leak_audit.png")
     backtest = {k: v for k, v in strategy.items() if k != "equity"}
