@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 import flows.common  # noqa: F401  (telemetry off before Prefect is imported)
-from flows import crypto
+from flows import crypto, quora
 from tasks.storage import read_json
 
 console = Console()
@@ -47,7 +47,22 @@ def crypto_rows(metrics: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
-PIPELINES = {"crypto": (crypto.pipeline, Path("metrics/crypto.json"), crypto_rows)}
+def quora_rows(metrics: dict) -> list[tuple[str, str, str]]:
+    test, majority = metrics["test"], metrics["baselines"]["majority"]["accuracy"]
+    rows = [(f"test accuracy (95% CI), {metrics['config']}",
+             f"{test['accuracy']:.3f} {_fmt(test['accuracy_ci'])}",
+             f"majority baseline {majority:.3f}"),
+            ("test F1 / ROC-AUC", f"{test['f1']:.3f} / {test['roc_auc']:.3f}",
+             f"threshold {test['threshold']:.2f} chosen on dev")]
+    for row in metrics["table"]:
+        if not row["main"]:
+            rows.append((f"  table: {row['config']}", f"{row['accuracy']:.3f}",
+                         f"F1 {row['f1']:.3f}, AUC {row['roc_auc']:.3f}"))
+    return rows
+
+
+PIPELINES = {"crypto": (crypto.pipeline, Path("metrics/crypto.json"), crypto_rows),
+             "quora": (quora.pipeline, Path("metrics/quora.json"), quora_rows)}
 
 
 def main() -> int:

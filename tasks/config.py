@@ -207,9 +207,100 @@ class CryptoSettings(Section):
         return self.model_symbol or self.symbols[0]
 
 
+# ---------------------------------------------------------------- quora
+QUORA_TSV_URL = "https://qim.fs.quoracdn.net/quora_duplicate_questions.tsv"
+
+
+class QuoraLive(Section):
+    url: str = QUORA_TSV_URL
+    sha256: str | None = Field(None, description="expected checksum; None = record the first")
+    timeout_seconds: float = Field(60.0, gt=0)
+    retries: int = Field(3, ge=0)
+    backoff_seconds: float = Field(1.0, ge=0)
+
+
+class QuoraFile(Section):
+    path: str | None = None
+    format: Literal["auto", "tsv", "csv"] = "auto"
+
+
+class QuoraDemo(Section):
+    n_pairs: int = Field(6000, ge=200)
+
+
+class QuoraClean(Section):
+    min_chars: int = Field(10, ge=0)
+
+
+class QuoraSplit(Section):
+    kind: Literal["random", "question_disjoint"] = "random"
+    dev_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    train_dev_fraction: float = Field(0.05, ge=0, lt=0.5,
+                                      description="held out of train, same distribution")
+
+
+class QuoraEmbed(Section):
+    vectors: Literal["gensim", "pretrained"] = "gensim"
+    algorithm: Literal["word2vec", "fasttext"] = "word2vec"
+    pretrained_path: str | None = None
+    pretrained_format: Literal["auto", "glove", "word2vec_text", "word2vec_binary",
+                               "spacy"] = "auto"
+    dim: int = Field(100, ge=2)
+    window: int = Field(5, ge=1)
+    min_count: int = Field(2, ge=1)
+    epochs: int = Field(10, ge=1)
+    weighting: Literal["tfidf", "mean"] = "tfidf"
+    max_tokens: int = Field(40, ge=4, description="token ids kept per question (birnn_conv)")
+    vocab_size: int = Field(50000, ge=100)
+
+
+class QuoraModel(Section):
+    variant: Literal["siamese", "fc_head", "birnn_conv"] = "fc_head"
+    hidden: int = Field(128, ge=2)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    margin: float = Field(1.0, gt=0, description="contrastive loss margin")
+    activation: Literal["relu", "selu"] = "relu"
+    erase_relu: bool = False
+    residual_scale: float = Field(1.0, gt=0)
+    rnn: Literal["gru", "lstm"] = "gru"
+    rnn_hidden: int = Field(64, ge=2)
+    conv_channels: int = Field(64, ge=2)
+    kernel_size: int = Field(3, ge=1)
+
+
+class QuoraEvaluate(Section):
+    bootstrap: int = Field(500, ge=10)
+    table: bool = Field(True, description="train the note's configurations side by side")
+
+
+class QuoraSettings(Section):
+    source: Literal["live", "file", "demo"] = "demo"
+    live: QuoraLive = QuoraLive()
+    file: QuoraFile = QuoraFile()
+    demo: QuoraDemo = QuoraDemo()
+    clean: QuoraClean = QuoraClean()
+    split: QuoraSplit = QuoraSplit()
+    embed: QuoraEmbed = QuoraEmbed()
+    model: QuoraModel = QuoraModel()
+    train: TrainSettings = TrainSettings(epochs=20, patience=4)
+    evaluate: QuoraEvaluate = QuoraEvaluate()
+
+    @model_validator(mode="after")
+    def _sources(self) -> QuoraSettings:
+        if self.source == "file" and not self.file.path:
+            raise ValueError("source 'file' needs quora.file.path")
+        if self.embed.vectors == "pretrained" and not self.embed.pretrained_path:
+            raise ValueError("embed.vectors 'pretrained' needs quora.embed.pretrained_path")
+        if self.split.dev_fraction + self.split.test_fraction >= 0.8:
+            raise ValueError("split.dev_fraction + split.test_fraction must leave >= 20% to train")
+        return self
+
+
 class Params(Section):
     common: CommonSettings = CommonSettings()
     crypto: CryptoSettings = CryptoSettings()
+    quora: QuoraSettings = QuoraSettings()
 
 
 # ---------------------------------------------------------------- loading

@@ -1,5 +1,5 @@
-"""`dvc repro` in a temporary copy of the repo on source: demo, each stage a real Prefect flow
-reporting to a real Prefect server; a second `dvc repro` reproduces nothing."""
+"""`dvc repro` of every pipeline in a temporary copy of the repo on source: demo, each stage a
+real Prefect flow reporting to a real Prefect server; a second `dvc repro` reproduces nothing."""
 import json
 import os
 import shutil
@@ -14,13 +14,18 @@ import yaml
 from tests.conftest import ROOT, VENV_BIN
 
 pytestmark = pytest.mark.slow
-STAGES = ["crypto_ingest", "crypto_features", "crypto_split", "crypto_train", "crypto_evaluate"]
-METRIC_KEYS = ["test.accuracy", "test.accuracy_ci.low", "test.accuracy_ci.high", "baselines.majority.accuracy",
+STAGES = ["crypto_ingest", "crypto_features", "crypto_split", "crypto_train", "crypto_evaluate",
+          "quora_ingest", "quora_clean", "quora_embed", "quora_train", "quora_evaluate"]
+QUORA_KEYS = ["test.accuracy", "test.accuracy_ci.low", "test.f1", "test.roc_auc",
+              "baselines.majority.accuracy"]
+CRYPTO_KEYS = ["test.accuracy", "test.accuracy_ci.low", "test.accuracy_ci.high", "baselines.majority.accuracy",
                "baselines.persistence.accuracy", "leak_audit.leaky.accuracy",
                "leak_audit.leak_free.accuracy", "backtest.sharpe", "backtest.buy_and_hold_sharpe"]
 SMALL = {"crypto": {"demo": {"n_bars": 4000}, "train": {"epochs": 2},
                     "model": {"hidden": 8}, "evaluate": {"bootstrap": 100},
-                    "split": {"walk_forward": {"folds": 2}}}}
+                    "split": {"walk_forward": {"folds": 2}}},
+         "quora": {"demo": {"n_pairs": 1200}, "train": {"epochs": 2}, "embed": {"epochs": 2},
+                   "evaluate": {"bootstrap": 100}}}
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -85,23 +90,30 @@ def test_second_repro_reproduces_nothing_and_status_is_clean(repo):
     assert json.loads(status.stdout) == {}
 
 
-def test_metrics_show_lists_the_interface_keys(repo):
-    path, env, _ = repo
-    shown = json.loads(run(["dvc", "metrics", "show", "--json"], path, env).stdout)
-    metrics = shown[""]["data"]["metrics/crypto.json"]["data"]
-    for dotted in METRIC_KEYS:
+@pytest.mark.parametrize(("path", "keys"), [("metrics/crypto.json", CRYPTO_KEYS),
+                                           ("metrics/quora.json", QUORA_KEYS)])
+def test_metrics_show_lists_the_interface_keys(repo, path, keys):
+    repo_path, env, _ = repo
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo_path, env).stdout)
+    metrics = shown[""]["data"][path]["data"]
+    for dotted in keys:
         node = metrics
         for part in dotted.split("."):
             assert part in node, dotted
             node = node[part]
 
 
-def test_mlflow_sqlite_store_holds_the_run_and_model(repo):
+def test_mlflow_sqlite_store_holds_the_runs_and_models(repo):
     path, _, _ = repo
     assert (path / "mlflow.db").exists()
     mlflow.set_tracking_uri(f"sqlite:///{path}/mlflow.db")
+    client = mlflow.tracking.MlflowClient()
     runs = mlflow.search_runs(experiment_names=["reprolab-crypto"], output_format="list")
     assert len(runs) == 1
     assert "test.accuracy" in runs[0].data.metrics
-    versions = mlflow.tracking.MlflowClient().search_model_versions("name='crypto-next-move'")
-    assert len(versions) == 1
+    assert len(client.search_model_versions("name='crypto-next-move'")) == 1
+    quora = mlflow.search_runs(experiment_names=["reprolab-quora"], output_format="list")
+    parent = [r for r in quora if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parent) == 1 and "test.accuracy" in parent[0].data.metrics
+    assert len(quora) - 1 == 4  # one nested run per configuration of the table
+    assert len(client.search_model_versions("name='quora-duplicates'")) == 1

@@ -1,0 +1,1 @@
+"""Quora question pairs: ingest (download / read / demo), clean and split, embed, train, report."""

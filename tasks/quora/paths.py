@@ -1,0 +1,34 @@
+"""Where each quora stage reads and writes (relative to the project root, as in dvc.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class QuoraPaths:
+    root: Path = Path(".")
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data/quora/raw"
+
+    @property
+    def clean(self) -> Path:
+        return self.root / "data/quora/clean"
+
+    @property
+    def embed(self) -> Path:
+        return self.root / "data/quora/embed"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts/quora"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics/quora.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots/quora"

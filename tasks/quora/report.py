@@ -1,0 +1,81 @@
+"""The quora_evaluate stage: the configured model's test metrics with bootstrap intervals,
+the majority baseline, the table of configurations, errors per split, plots."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+
+from tasks import tracking
+from tasks.config import CommonSettings, QuoraSettings
+from tasks.evaluate import (
+    binary_metrics,
+    choose_threshold,
+    majority_baseline,
+    metrics_with_ci,
+    plot_confusion,
+    plot_learning_curve,
+    plot_roc,
+)
+from tasks.logs import get_logger
+from tasks.storage import read_json, read_parquet, write_json
+
+
+def _scored(preds: pd.DataFrame, column: str, settings: QuoraSettings, seed: int) -> dict:
+    """Threshold chosen on dev; test metrics with iid bootstrap intervals; error per split."""
+    dev = preds[preds["split"] == "dev"]
+    threshold = choose_threshold(dev["is_duplicate"].to_numpy(), dev[column].to_numpy())
+    test = preds[preds["split"] == "test"]
+    metrics = metrics_with_ci(test["is_duplicate"].to_numpy(), test[column].to_numpy(),
+                              threshold=threshold, n_resamples=settings.evaluate.bootstrap,
+                              block_length=None, seed=seed)
+    metrics["roc_auc"], metrics["roc_auc_ci"] = metrics["auc"], metrics["auc_ci"]
+    errors = {}
+    for name, part in preds.groupby("split"):
+        acc = binary_metrics(part["is_duplicate"].to_numpy(), part[column].to_numpy(),
+                             threshold)["accuracy"]
+        errors[str(name)] = 1 - acc
+    return {"test": metrics, "errors": errors}
+
+
+@task(name="quora-evaluate")
+def evaluate_models(settings: QuoraSettings, common: CommonSettings, artifacts: Path,
+                    metrics_path: Path, plots: Path) -> dict:
+    """Write metrics/quora.json and plots/quora/*.png; log both to the training MLflow run."""
+    trained = read_json(artifacts / "train.json")
+    preds = read_parquet(artifacts / "predictions.parquet")
+    main = trained["main"]
+    scored = _scored(preds, main["column"], settings, common.seed)
+    y_train = preds.loc[preds["split"] == "train", "is_duplicate"].to_numpy()
+    test = preds[preds["split"] == "test"]
+    y_test = test["is_duplicate"].to_numpy()
+    table = []
+    for cfg in trained["configs"]:
+        row = _scored(preds, cfg["column"], settings, common.seed)["test"]
+        table.append({"config": cfg["name"], "vectors": cfg["vectors"] or "token_ids",
+                      "variant": cfg["variant"], "main": bool(cfg.get("main")),
+                      **{k: row[k] for k in ("accuracy", "accuracy_ci", "f1", "roc_auc",
+                                              "log_loss", "threshold")}})
+    metrics = {"config": main["name"], "test": scored["test"], "errors": scored["errors"],
+               "baselines": {"majority": majority_baseline(y_train, y_test)}, "table": table}
+    plots.mkdir(parents=True, exist_ok=True)
+    prob = test[main["column"]].to_numpy()
+    plot_confusion(y_test, (prob >= scored["test"]["threshold"]).astype(int),
+                   ["different", "duplicate"], plots / "confusion.png")
+    plot_roc(y_test, prob, plots / "roc.png")
+    plot_learning_curve(main["history"], plots / "learning_curve.png")
+    write_json(metrics, metrics_path)
+    log = get_logger()
+    t = scored["test"]
+    log.info("%s: test accuracy %.3f [%.3f, %.3f], F1 %.3f, ROC-AUC %.3f; majority %.3f",
+             main["name"], t["accuracy"], t["accuracy_ci"]["low"], t["accuracy_ci"]["high"],
+             t["f1"], t["roc_auc"], metrics["baselines"]["majority"]["accuracy"])
+    for row in table:
+        log.info("  %-32s accuracy %.3f  F1 %.3f  AUC %.3f", row["config"], row["accuracy"],
+                 row["f1"], row["roc_auc"])
+    with tracking.run(common, "quora", "quora-evaluate", run_id=trained["mlflow_run_id"]):
+        tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("table", "config")})
+        tracking.log_artifacts(plots, artifact_path="plots")
+        tracking.log_artifacts(metrics_path)
+    return metrics

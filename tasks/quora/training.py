@@ -1,0 +1,140 @@
+"""The quora_train stage: the note's configurations side by side, one shared training loop.
+
+Each configuration is (question vectors, model variant); `birnn_conv` reads token ids instead.
+Probabilities: sigmoid of the logit, or for the distance model a logistic calibration of the
+negative distance fitted on dev (never test).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from prefect import task
+from sklearn.linear_model import LogisticRegression
+from torch.utils.data import DataLoader, TensorDataset
+
+from models.siamese import build_pair_model, pair_loss, pair_scores
+from tasks import tracking
+from tasks.config import CommonSettings, QuoraSettings, flat_params
+from tasks.logs import get_logger
+from tasks.storage import read_json, read_npy, read_parquet, write_json, write_parquet
+from tasks.train import FitConfig, fit, predict
+
+REGISTERED_MODEL = "quora-duplicates"
+
+
+def table_configs(settings: QuoraSettings, available: list[str]) -> list[dict]:
+    """The note's configurations that the available vectors allow, the configured one marked."""
+    src = settings.embed.vectors
+    rows = [{"name": "gensim + siamese", "vectors": "gensim_mean", "variant": "siamese"},
+            {"name": "pretrained + siamese", "vectors": "pretrained_mean", "variant": "siamese"},
+            {"name": f"{src} + tf-idf + siamese", "vectors": f"{src}_tfidf", "variant": "siamese"},
+            {"name": f"{src} + tf-idf + fc_head", "vectors": f"{src}_tfidf", "variant": "fc_head"},
+            {"name": "birnn_conv", "vectors": None, "variant": "birnn_conv"}]
+    rows = [r for r in rows if r["vectors"] is None or r["vectors"] in available]
+    variant = settings.model.variant
+    main_vectors = None if variant == "birnn_conv" else f"{src}_{settings.embed.weighting}"
+    main = next((r for r in rows if r["vectors"] == main_vectors and r["variant"] == variant),
+                None)
+    if main is None:
+        main = {"name": f"{main_vectors} + {variant}", "vectors": main_vectors,
+                "variant": variant}
+        rows.append(main)
+    main["main"] = True
+    return rows if settings.evaluate.table else [main]
+
+
+def _inputs(cfg: dict, embed_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    pair_index = read_npy(embed_dir / "pair_index.npy")
+    table = (read_npy(embed_dir / "token_ids.npy").astype(np.int64) if cfg["vectors"] is None
+             else read_npy(embed_dir / f"vectors_{cfg['vectors']}.npy"))
+    return table[pair_index[:, 0]], table[pair_index[:, 1]]
+
+
+def _loader(a: np.ndarray, b: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool,
+            seed: int) -> DataLoader:
+    data = TensorDataset(torch.from_numpy(a), torch.from_numpy(b),
+                         torch.from_numpy(y.astype(np.float32)))
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle,
+                      drop_last=shuffle and len(y) % batch_size == 1,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def _build(cfg: dict, settings: QuoraSettings, a: np.ndarray, embed_dir: Path) -> torch.nn.Module:
+    m = settings.model
+    common = dict(hidden=m.hidden, dropout=m.dropout, activation=m.activation,
+                  erase_relu=m.erase_relu, residual_scale=m.residual_scale, rnn=m.rnn,
+                  rnn_hidden=m.rnn_hidden, conv_channels=m.conv_channels,
+                  kernel_size=m.kernel_size)
+    if cfg["variant"] == "birnn_conv":
+        init = torch.from_numpy(read_npy(embed_dir / "embedding_init.npy"))
+        return build_pair_model("birnn_conv", vocab_size=init.shape[0], emb_dim=init.shape[1],
+                                embeddings=init, **common)
+    return build_pair_model(cfg["variant"], in_dim=a.shape[1], **common)
+
+
+def _probabilities(variant: str, scores: np.ndarray, dev_mask: np.ndarray,
+                   y: np.ndarray) -> np.ndarray:
+    if variant != "siamese":
+        return 1.0 / (1.0 + np.exp(-scores))
+    calib = LogisticRegression().fit(scores[dev_mask, None], y[dev_mask])
+    return calib.predict_proba(scores[:, None])[:, 1]
+
+
+def train_config(cfg: dict, settings: QuoraSettings, pairs: pd.DataFrame, embed_dir: Path,
+                 seed: int, device: torch.device) -> tuple[np.ndarray, dict, torch.nn.Module]:
+    """Fit one configuration with early stopping on dev; P(duplicate) for every pair."""
+    a, b = _inputs(cfg, embed_dir)
+    y = pairs["is_duplicate"].to_numpy()
+    split = pairs["split"].to_numpy()
+    size = settings.train.batch_size
+    train, dev = split == "train", split == "dev"
+    model = _build(cfg, settings, a, embed_dir)
+    result = fit(model, _loader(a[train], b[train], y[train], size, True, seed),
+                 _loader(a[dev], b[dev], y[dev], size, False, seed),
+                 pair_loss(cfg["variant"], settings.model.margin),
+                 FitConfig.from_settings(settings.train, seed), device,
+                 on_epoch=lambda row: tracking.log_metrics(
+                     {k: row[k] for k in ("train_loss", "val_loss", "lr")}, step=row["epoch"]))
+    output = torch.from_numpy(predict(result.model, _loader(a, b, y, 1024, False, seed), device))
+    scores = pair_scores(cfg["variant"], output).numpy().astype(np.float64)
+    summary = {"history": result.history, "best_epoch": result.best_epoch,
+               "stopped_early": result.stopped_early}
+    return _probabilities(cfg["variant"], scores, dev, y), summary, result.model
+
+
+@task(name="quora-train")
+def train_models(settings: QuoraSettings, common: CommonSettings, clean_dir: Path,
+                 embed_dir: Path, out_dir: Path, device: torch.device) -> dict:
+    """Train every configuration of the table (or only the configured one); log each to MLflow."""
+    log = get_logger()
+    pairs = read_parquet(clean_dir / "pairs.parquet")
+    configs = table_configs(settings, read_json(embed_dir / "embed.json")["sets"])
+    predictions = pairs[["id", "is_duplicate", "split"]].copy()
+    summary: dict = {"configs": [], "main": None}
+    params = {**flat_params(settings, "quora."), "common.seed": common.seed}
+    with tracking.run(common, "quora", "quora-train", params=params,
+                      tags={"stage": "quora_train"}) as parent:
+        for cfg in configs:
+            with tracking.run(common, "quora", cfg["name"], nested=True,
+                              params={"config.vectors": cfg["vectors"] or "token_ids",
+                                      "config.variant": cfg["variant"]}) as child:
+                prob, fitted, model = train_config(cfg, settings, pairs, embed_dir,
+                                                   common.seed, device)
+                column = f"prob_{len(summary['configs'])}"
+                predictions[column] = prob
+                entry = {**cfg, "column": column, "mlflow_run_id": child.info.run_id, **fitted}
+                summary["configs"].append(entry)
+                log.info("%s: best epoch %d of %d", cfg["name"], fitted["best_epoch"],
+                         len(fitted["history"]))
+                if cfg.get("main"):
+                    summary["main"] = entry
+                    torch.save(model.state_dict(), out_dir / "model.pt")
+                    registered = REGISTERED_MODEL if common.mlflow.register_models else None
+                    tracking.log_torch_model(model.cpu(), "model", registered)
+        summary["mlflow_run_id"] = parent.info.run_id
+    write_parquet(predictions, out_dir / "predictions.parquet")
+    write_json(summary, out_dir / "train.json")
+    return summary
