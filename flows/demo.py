@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 import flows.common  # noqa: F401  (telemetry off before Prefect is imported)
-from flows import crypto, quora
+from flows import crypto, kinetics, quora
 from tasks.storage import read_json
 
 console = Console()
@@ -61,8 +61,18 @@ def quora_rows(metrics: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def kinetics_rows(report: dict) -> list[tuple[str, str, str]]:
+    splits = ", ".join(f"{k} {v}" for k, v in sorted(report["per_split"].items()))
+    return [("clips extracted (synthetic motion classes)",
+             f"{report['clips']} clips, {report['classes']} classes",
+             f"{splits}; {report['frames_total']} frames; index data/kinetics/index.parquet"),
+            ("clips missing from the index", str(report["missing"]),
+             "failures are in the ledgers under data/kinetics/")]
+
+
 PIPELINES = {"crypto": (crypto.pipeline, Path("metrics/crypto.json"), crypto_rows),
-             "quora": (quora.pipeline, Path("metrics/quora.json"), quora_rows)}
+             "quora": (quora.pipeline, Path("metrics/quora.json"), quora_rows),
+             "kinetics": (kinetics.pipeline, Path("reports/kinetics/data.json"), kinetics_rows)}
 
 
 def main() -> int:

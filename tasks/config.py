@@ -297,10 +297,80 @@ class QuoraSettings(Section):
         return self
 
 
+# ---------------------------------------------------------------- kinetics
+class KineticsAnnotations(Section):
+    train: str | None = Field(None, description="official CSV: label,youtube_id,time_start,...")
+    val: str | None = None
+    test: str | None = None
+    classes: str | None = Field(None, description="one class name a line (line = class id)")
+
+
+class KineticsSubset(Section):
+    classes: list[str] = Field([], description="keep only these labels; [] = all")
+    max_classes: int | None = Field(None, ge=1, description="first N classes (sorted)")
+    max_per_class: int | None = Field(None, ge=1, description="cap per class and split")
+
+
+class KineticsDownload(Section):
+    url_template: str = "https://www.youtube.com/watch?v={youtube_id}"
+    local_dir: str | None = Field(None, description="source 'local': a folder of clips")
+    max_height: int = Field(360, ge=32)
+    concurrency: int = Field(4, ge=1)
+    batch_size: int = Field(32, ge=1)
+    sleep_seconds: float = Field(0.0, ge=0)
+    retries: int = Field(3, ge=0)
+    backoff_seconds: float = Field(2.0, ge=0)
+    retry_failed: bool = False
+    cookies_file: str | None = None
+    duration_tolerance: float = Field(1.0, ge=0, description="seconds a clip may differ")
+
+
+class KineticsFrames(Section):
+    storage: Literal["jpeg", "video"] = "jpeg"
+    short_side: int = Field(256, ge=16)
+    fps: float = Field(8.0, gt=0)
+    jpeg_quality: int = Field(5, ge=2, le=31, description="ffmpeg -q:v (2 best .. 31 worst)")
+    workers: int = Field(2, ge=1)
+
+
+class KineticsDemo(Section):
+    clips_per_class: int = Field(30, ge=2)
+    duration: float = Field(2.0, gt=0)
+    fps: int = Field(16, ge=4)
+    size: int = Field(128, ge=32)
+
+
+class KineticsDataset(Section):
+    frames: int = Field(8, ge=1, description="K frames per clip")
+    sampling: Literal["uniform", "random_stride"] = "uniform"
+    test_clips: int = Field(3, ge=1)
+    crop: int = Field(112, ge=16)
+    flip: bool = False
+
+
+class KineticsSettings(Section):
+    source: Literal["live", "http", "local", "demo"] = "demo"
+    annotations: KineticsAnnotations = KineticsAnnotations()
+    subset: KineticsSubset = KineticsSubset()
+    download: KineticsDownload = KineticsDownload()
+    frames: KineticsFrames = KineticsFrames()
+    demo: KineticsDemo = KineticsDemo()
+    dataset: KineticsDataset = KineticsDataset()
+
+    @model_validator(mode="after")
+    def _sources(self) -> KineticsSettings:
+        if self.source in ("live", "http") and not (self.annotations.train or self.annotations.val):
+            raise ValueError(f"source '{self.source}' needs kinetics.annotations.train or .val")
+        if self.source == "local" and not self.download.local_dir:
+            raise ValueError("source 'local' needs kinetics.download.local_dir")
+        return self
+
+
 class Params(Section):
     common: CommonSettings = CommonSettings()
     crypto: CryptoSettings = CryptoSettings()
     quora: QuoraSettings = QuoraSettings()
+    kinetics: KineticsSettings = KineticsSettings()
 
 
 # ---------------------------------------------------------------- loading

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import mlflow
+import pandas as pd
 import pytest
 import yaml
 
@@ -15,7 +16,8 @@ from tests.conftest import ROOT, VENV_BIN
 
 pytestmark = pytest.mark.slow
 STAGES = ["crypto_ingest", "crypto_features", "crypto_split", "crypto_train", "crypto_evaluate",
-          "quora_ingest", "quora_clean", "quora_embed", "quora_train", "quora_evaluate"]
+          "quora_ingest", "quora_clean", "quora_embed", "quora_train", "quora_evaluate",
+          "kinetics_download", "kinetics_frames", "kinetics_index"]
 QUORA_KEYS = ["test.accuracy", "test.accuracy_ci.low", "test.f1", "test.roc_auc",
               "baselines.majority.accuracy"]
 CRYPTO_KEYS = ["test.accuracy", "test.accuracy_ci.low", "test.accuracy_ci.high", "baselines.majority.accuracy",
@@ -25,7 +27,8 @@ SMALL = {"crypto": {"demo": {"n_bars": 4000}, "train": {"epochs": 2},
                     "model": {"hidden": 8}, "evaluate": {"bootstrap": 100},
                     "split": {"walk_forward": {"folds": 2}}},
          "quora": {"demo": {"n_pairs": 1200}, "train": {"epochs": 2}, "embed": {"epochs": 2},
-                   "evaluate": {"bootstrap": 100}}}
+                   "evaluate": {"bootstrap": 100}},
+         "kinetics": {"demo": {"clips_per_class": 3, "duration": 1.0, "size": 64}}}
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -91,7 +94,8 @@ def test_second_repro_reproduces_nothing_and_status_is_clean(repo):
 
 
 @pytest.mark.parametrize(("path", "keys"), [("metrics/crypto.json", CRYPTO_KEYS),
-                                           ("metrics/quora.json", QUORA_KEYS)])
+                                           ("metrics/quora.json", QUORA_KEYS),
+                                           ("reports/kinetics/data.json", ["clips", "classes"])])
 def test_metrics_show_lists_the_interface_keys(repo, path, keys):
     repo_path, env, _ = repo
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo_path, env).stdout)
@@ -117,3 +121,12 @@ def test_mlflow_sqlite_store_holds_the_runs_and_models(repo):
     assert len(parent) == 1 and "test.accuracy" in parent[0].data.metrics
     assert len(quora) - 1 == 4  # one nested run per configuration of the table
     assert len(client.search_model_versions("name='quora-duplicates'")) == 1
+
+
+def test_kinetics_index_lists_every_demo_clip(repo):
+    path, _, _ = repo
+    index = pd.read_parquet(path / "data/kinetics/index.parquet")
+    assert len(index) == 6 * 3 and set(index["status"]) == {"ok"}
+    assert (index["n_frames"] >= 6).all()
+    for rel in index["path"]:
+        assert any((path / rel).glob("img_*.jpg"))

@@ -1,0 +1,1 @@
+"""Kinetics video pipeline: manifests, downloads, frames, datasets."""

@@ -1,0 +1,30 @@
+"""Where each kinetics stage reads and writes (relative to the project root, as in dvc.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class KineticsPaths:
+    root: Path = Path(".")
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "data/kinetics/manifest"
+
+    @property
+    def clips(self) -> Path:
+        return self.root / "data/kinetics/clips"
+
+    @property
+    def frames(self) -> Path:
+        return self.root / "data/kinetics/frames"
+
+    @property
+    def index(self) -> Path:
+        return self.root / "data/kinetics/index.parquet"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "reports/kinetics/data.json"
