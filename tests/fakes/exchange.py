@@ -18,9 +18,11 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fakes.loopback import LoopbackServer
 
 BINANCE_INTERVALS_MS = {
     "1s": 1_000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000,
@@ -73,13 +75,15 @@ class _Fault:
     html: bool
 
 
-class FakeBinance:
+class FakeBinance(LoopbackServer):
     """Deterministic Binance spot klines for `symbols`, `count` bars of `timeframe` from `start`.
 
     Knobs: fail_klines / rate_limit_next / clear_faults, duplicate_every, overlap, omit,
     delist, append. Candle values depend only on (symbol, bar index), so appending bars
     never changes bars already served.
     """
+
+    thread_name = "fake-binance"
 
     def __init__(self, symbols: Iterable[str] = ("BTC/USDT",), timeframe: str = "1h",
                  start: datetime | int = DEFAULT_START, count: int = 100, *,
@@ -99,45 +103,8 @@ class FakeBinance:
         self.delisted: set[str] = set()  # listed in exchangeInfo, klines answer -1121
         self._fault: _Fault | None = None
         self._lock = threading.Lock()
-        self._host, self._port = host, port
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(host, port)
 
-    # ------------------------------------------------------------ lifecycle
-    def start(self) -> FakeBinance:
-        if self._httpd is not None:
-            return self
-        httpd = ThreadingHTTPServer((self._host, self._port), _Handler)
-        httpd.daemon_threads = True
-        httpd.fake = self  # type: ignore[attr-defined]
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-binance", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is None:
-            return
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._httpd = self._thread = None
-
-    def __enter__(self) -> FakeBinance:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """Base URL (scheme + host + port) to put in crypto.live.api_url."""
-        if self._httpd is None:
-            raise RuntimeError("FakeBinance is not started")
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
 
     # ------------------------------------------------------------ data
     def bar_time(self, index: int) -> int:
@@ -375,3 +342,6 @@ def settings_for(server: FakeBinance, **overrides: Any):
     fields = {"source": "live", "exchange": "binance", "symbols": list(server.symbols),
               "timeframe": server.timeframe, "live": live, **overrides}
     return CryptoSettings.model_validate(fields)
+
+
+FakeBinance.handler = _Handler

@@ -15,15 +15,16 @@ import hashlib
 import mimetypes
 import re
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from tests.fakes.loopback import LoopbackServer
 
 CHUNK = 64 * 1024
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
@@ -88,8 +89,10 @@ def _http_date(when: float) -> str:
     return formatdate(when, usegmt=True)
 
 
-class FakeFileServer:
+class FakeFileServer(LoopbackServer):
     """Serves registered files at `url_for(name)`; knobs: cut_after, ignore_range, fail."""
+
+    thread_name = "fake-file-server"
 
     def __init__(self, files: Mapping[str, bytes | str | Path] | None = None, *,
                  host: str = "127.0.0.1", port: int = 0) -> None:
@@ -99,46 +102,10 @@ class FakeFileServer:
         self._cut: tuple[int, _Countdown] | None = None
         self._fail: tuple[int, _Countdown, frozenset[str]] | None = None
         self._lock = threading.Lock()
-        self._host, self._port = host, port
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(host, port)
         for name, content in (files or {}).items():
             self.add(name, content)
 
-    # ------------------------------------------------------------ lifecycle
-    def start(self) -> FakeFileServer:
-        if self._httpd is not None:
-            return self
-        httpd = _Server((self._host, self._port), _Handler)
-        httpd.fake = self  # type: ignore[attr-defined]
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-file-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is None:
-            return
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._httpd = self._thread = None
-
-    def __enter__(self) -> FakeFileServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """Base URL, scheme + host + port, no trailing slash."""
-        if self._httpd is None:
-            raise RuntimeError("FakeFileServer is not started")
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
 
     def url_for(self, name: str) -> str:
         return f"{self.url}/{name}"
@@ -250,13 +217,6 @@ def _if_range_matches(value: str | None, served: ServedFile) -> bool:
         return False
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return  # a client that hangs up mid-answer is normal for a download test
-        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -336,3 +296,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass  # keep test output clean; requests are recorded in FakeFileServer.requests
+
+
+FakeFileServer.handler = _Handler
