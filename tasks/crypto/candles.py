@@ -225,13 +225,16 @@ def validate_candles(frame: pd.DataFrame, source: str) -> tuple[pd.DataFrame, pd
 
 
 def drop_incomplete(frame: pd.DataFrame, timeframe: str, now: datetime | None) -> pd.DataFrame:
-    """Drop candles still open at `now`; with no `now` (a file), the newest candle can't be trusted."""
+    """Drop candles still open at `now`; with no `now` (a file), the newest candle can't be
+    trusted and is dropped, whatever the row order. Unparseable timestamps are kept for
+    validation to quarantine."""
     if frame.empty:
         return frame
+    stamps = frame["timestamp"]
     if now is None:
-        return frame.iloc[:-1]
-    closes = frame["timestamp"] + pd.Timedelta(milliseconds=timeframe_ms(timeframe))
-    return frame[closes <= pd.Timestamp(now)]
+        return frame.drop(index=stamps.idxmax()) if stamps.notna().any() else frame
+    closes = stamps + pd.Timedelta(milliseconds=timeframe_ms(timeframe))
+    return frame[~(closes > pd.Timestamp(now))]
 
 
 # ------------------------------------------------------------------ gaps

@@ -9,7 +9,13 @@ from prefect import task
 
 from tasks.config import CryptoSettings
 from tasks.crypto import store
-from tasks.crypto.candles import demo_candles, gap_report, read_candle_file, validate_candles
+from tasks.crypto.candles import (
+    demo_candles,
+    drop_incomplete,
+    gap_report,
+    read_candle_file,
+    validate_candles,
+)
 from tasks.logs import get_logger
 
 DEMO_EXCHANGE = "demo"
@@ -48,9 +54,8 @@ def _ingest_demo(settings: CryptoSettings, raw_root: Path, seed: int) -> dict[st
 def _ingest_file(settings: CryptoSettings, raw_root: Path) -> dict[str, dict]:
     path = Path(settings.file.path)
     frame = read_candle_file(path, settings.file.format)
-    if settings.drop_incomplete and frame["timestamp"].notna().any():
-        # an export may end with a still-open candle and nothing says so: drop the newest
-        frame = frame.drop(index=frame["timestamp"].idxmax())
+    if settings.drop_incomplete:  # an export may end with a still-open candle, unmarked
+        frame = drop_incomplete(frame, settings.timeframe, now=None)
     symbol = settings.symbol
     return {symbol: save_batch(raw_root, settings.exchange, symbol, settings.timeframe, frame,
                                str(path))}
