@@ -5,7 +5,6 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import yaml
 from tasks.config import Params, load_params
 from tasks.errors import ReproLabError
 from tasks.logs import get_logger
+from tasks.parallel import shared_prefect_api
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -37,32 +37,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-@contextmanager
-def _shared_prefect_api() -> Any:
-    """Let DVC's stage subprocesses report to this flow's Prefect API (no second server)."""
-    from prefect.client.orchestration import get_client
-
-    previous = os.environ.get("PREFECT_API_URL")
-    try:
-        with get_client(sync_client=True) as client:
-            os.environ["PREFECT_API_URL"] = str(client.api_url).rstrip("/")
-    except Exception:  # noqa: BLE001 - not in a run: children start their own ephemeral API
-        pass
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
-
-
 def dvc_repro(targets: list[str], force: bool = False) -> list[str]:
     """`dvc repro` the targets (DVC decides what is stale); returns the stages that ran."""
     from dvc.repo import Repo
 
     log = get_logger()
-    with _shared_prefect_api(), Repo(".") as repo:
+    with shared_prefect_api(), Repo(".") as repo:
         stages = repo.reproduce(targets=targets, force=force)
     names = [getattr(s, "addressing", str(s)) for s in stages]
     log.info("dvc repro %s: %s", " ".join(targets), ", ".join(names) or "nothing to reproduce")

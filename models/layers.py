@@ -1,6 +1,9 @@
 """Shared building blocks: activation/dropout choices, LeCun init for SELU, causal convs, residual blocks."""
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -95,3 +98,150 @@ class ResidualLinearBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branch = self.drop(self.act(self.norm(self.linear(x))))
         return self.act_out(x + self.residual_scale * branch)
+
+
+DILATION_MODES = ("random", "fixed")
+TEMPORAL_PADDINGS = ("zeros", "replicate")
+
+
+class RandomDilationConv3d(nn.Conv3d):
+    """3x1x1 conv on (B, C, T, H, W) with a random temporal dilation per forward in training and
+    the average over all dilations in eval; padding = dilation, so T is kept."""
+
+    def __init__(self, in_ch: int, out_ch: int, dilations: Sequence[int] = (1, 2, 4),
+                 mode: str = "random", fixed_dilation: int = 1, temporal_padding: str = "zeros",
+                 stride: int = 1, bias: bool = False) -> None:
+        super().__init__(in_ch, out_ch, kernel_size=(3, 1, 1), stride=(1, stride, stride),
+                         padding=0, bias=bias)
+        if mode not in DILATION_MODES:
+            raise ValueError(f"dilation_mode must be one of {DILATION_MODES}, got {mode!r}")
+        if temporal_padding not in TEMPORAL_PADDINGS:
+            raise ValueError(f"temporal_padding must be one of {TEMPORAL_PADDINGS}, "
+                             f"got {temporal_padding!r}")
+        if not dilations or any(int(d) != d or d < 1 for d in dilations):
+            raise ValueError(f"dilations must be positive integers, got {dilations!r}")
+        if int(fixed_dilation) != fixed_dilation or fixed_dilation < 1:
+            raise ValueError(f"fixed_dilation must be a positive integer, got {fixed_dilation!r}")
+        self.dilations = tuple(int(d) for d in dilations)
+        self.mode = mode
+        self.fixed_dilation = int(fixed_dilation)
+        self.temporal_padding = temporal_padding
+        self.last_dilation: int | None = None  # the dilation the last training forward drew
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "fixed":
+            return self.conv_with(x, self.weight, self.fixed_dilation)
+        if self.training:
+            # torch's global RNG, so a seeded run draws the same dilations
+            index = int(torch.randint(len(self.dilations), ()))
+            self.last_dilation = self.dilations[index]
+            return self.conv_with(x, self.weight, self.last_dilation)
+        return self.averaged_output(x)
+
+    def averaged_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean over the dilation set of each dilation's output (the test-time rule)."""
+        # conv is linear: one conv with the merged kernel costs 2*max_d+1 taps, the separate
+        # convs 3 taps per dilation; take the cheaper. On a tie the separate convs win: building
+        # the merged kernel every forward costs more than the extra adds (about 20% of a
+        # BesNet-50 eval forward on CPU, dilations 1, 2, 4)
+        if 2 * max(self.dilations) + 1 < 3 * len(self.dilations):
+            return self.conv_with(x, self.averaged_weight(), 1)
+        out = self.conv_with(x, self.weight, self.dilations[0])
+        for d in self.dilations[1:]:
+            out += self.conv_with(x, self.weight, d)
+        return out.div_(len(self.dilations))
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, dilations={self.dilations}, mode={self.mode!r}, "
+                f"fixed_dilation={self.fixed_dilation}, "
+                f"temporal_padding={self.temporal_padding!r}")
+
+    def averaged_weight(self) -> torch.Tensor:
+        """One (2*max_d+1)x1x1 kernel equal to the mean of the 3x1x1 kernel dilated by each d."""
+        # padding by max_d (zeros or replicated edges) gives every tap what padding by d would
+        d_max, n = max(self.dilations), len(self.dilations)
+        merged = self.weight.new_zeros(*self.weight.shape[:2], 2 * d_max + 1, 1, 1)
+        merged[:, :, d_max] = self.weight[:, :, 1]
+        for d in self.dilations:
+            merged[:, :, d_max - d] += self.weight[:, :, 0] / n
+            merged[:, :, d_max + d] += self.weight[:, :, 2] / n
+        return merged
+
+    def conv_with(self, x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+        """Conv over time with `weight` (odd temporal size) at `dilation`, padded to keep T."""
+        pad = dilation * (weight.shape[2] - 1) // 2
+        if self.temporal_padding == "replicate":
+            x = nn.functional.pad(x, (0, 0, 0, 0, pad, pad), mode="replicate")
+            pad = 0
+        if (x.device.type == "cpu" and torch.is_grad_enabled() and weight.requires_grad
+                and not torch.is_autocast_enabled("cpu")):
+            return TemporalConv.apply(x, weight, self.bias, self.stride, pad, dilation)
+        return nn.functional.conv3d(x, weight, self.bias, self.stride, (pad, 0, 0),
+                                    (dilation, 1, 1))
+
+
+class TemporalConv(torch.autograd.Function):
+    """conv3d with a (taps, 1, 1) kernel whose weight gradient comes from
+    temporal_weight_grad (CPU: oneDNN's own, im2col + gemm, is about half as fast)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                stride: tuple[int, int, int], pad: int, dilation: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.conf = stride, pad, dilation, bias is not None
+        return nn.functional.conv3d(x, weight, bias, stride, (pad, 0, 0), (dilation, 1, 1))
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        stride, pad, dilation, has_bias = ctx.conf
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad_out, x, weight, None, stride, (pad, 0, 0), (dilation, 1, 1), False,
+                (0, 0, 0), 1, (True, False, False))[0]
+        if ctx.needs_input_grad[1]:
+            grad_w = temporal_weight_grad(grad_out, x, weight.shape[2], stride[1], pad, dilation)
+        if has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum(dim=(0, 2, 3, 4))
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+def temporal_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, taps: int, spatial_stride: int,
+                         pad: int, dilation: int) -> torch.Tensor:
+    """The weight gradient of a (taps, 1, 1) conv with temporal stride 1: per tap, one batched
+    matmul of the output gradient with the input frames that tap reads, no im2col copy."""
+    if spatial_stride > 1:  # a 1x1 spatial kernel reads only these positions
+        x = x[:, :, :, ::spatial_stride, ::spatial_stride]
+    batch, in_ch, t_in, height, width = x.shape
+    out_ch, t_out, hw = grad_out.shape[1], grad_out.shape[2], height * width
+    # (B, T*H*W, C): a view when the tensor is channels-last 3D
+    rows_x = x.permute(0, 2, 3, 4, 1).reshape(batch, t_in * hw, in_ch)
+    rows_grad = grad_out.permute(0, 2, 3, 4, 1).reshape(batch, t_out * hw, out_ch)
+    per_tap = []
+    for k in range(taps):
+        shift = k * dilation - pad  # output frame t reads input frame t + shift
+        first, last = max(0, -shift), min(t_out, t_in - shift)
+        if first >= last:  # the tap only ever reads padding
+            per_tap.append(x.new_zeros(out_ch, in_ch))
+            continue
+        grad_rows = rows_grad[:, first * hw:last * hw].transpose(1, 2)
+        x_rows = rows_x[:, (first + shift) * hw:(last + shift) * hw]
+        per_tap.append(torch.bmm(grad_rows, x_rows).sum(dim=0))
+    return torch.stack(per_tap, dim=2).view(out_ch, in_ch, taps, 1, 1)
+
+
+class ViewAverage(nn.Module):
+    """Multi-view testing around a clip model: (B, C, T, H, W) -> the model's logits as they are;
+    (B, V, C, T, H, W) -> log of the softmax averaged over the V views (crops x clips)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 6:
+            return self.model(x)
+        batch, views = x.shape[:2]
+        logits = self.model(x.flatten(0, 1)).view(batch, views, -1)
+        return torch.logsumexp(logits.float().log_softmax(-1), dim=1) - math.log(views)

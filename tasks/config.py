@@ -330,7 +330,8 @@ class KineticsFrames(Section):
     short_side: int = Field(256, ge=16)
     fps: float = Field(8.0, gt=0)
     jpeg_quality: int = Field(5, ge=2, le=31, description="ffmpeg -q:v (2 best .. 31 worst)")
-    workers: int = Field(2, ge=1)
+    workers: int = Field(2, ge=1, description="ffmpeg processes at once (one core each)")
+    batch_size: int = Field(8, ge=1, description="clips a Prefect task run")
 
 
 class KineticsDemo(Section):
@@ -344,8 +345,60 @@ class KineticsDataset(Section):
     frames: int = Field(8, ge=1, description="K frames per clip")
     sampling: Literal["uniform", "random_stride"] = "uniform"
     test_clips: int = Field(3, ge=1)
+    test_crops: Literal[1, 3] = Field(1, description="1 = centre crop; 3 = left/centre/right")
     crop: int = Field(112, ge=16)
     flip: bool = False
+
+
+class KineticsModel(Section):
+    """BesNet (or the I3D-style ResNet-50) and the research-note switches."""
+
+    arch: Literal["besnet", "i3d"] = "besnet"
+    layers: list[int] = Field([3, 4, 6, 3], min_length=4, max_length=4,
+                              description="blocks per stage; ResNet-50 = [3, 4, 6, 3]")
+    width_multiplier: float = Field(1.0, gt=0, description="x the base width 64")
+    dilations: list[int] = Field([1, 2, 4], min_length=1)
+    dilation_mode: Literal["random", "fixed"] = "random"
+    fixed_dilation: int = Field(1, ge=1)
+    temporal_padding: Literal["zeros", "replicate"] = "zeros"
+    erase_relu: bool = False
+    activation: Literal["relu", "selu"] = "relu"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    residual_scale: float = Field(1.0, gt=0)
+    pretrained: str | None = Field(None, description="torchvision ResNet-50 ImageNet .pth")
+
+    @field_validator("layers", "dilations")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(v < 1 for v in value):
+            raise ValueError("every entry must be >= 1")
+        return value
+
+
+class KineticsBaseline(Section):
+    """The note's baseline: per-frame 2D ResNet features, pooled over time, then an MLP."""
+
+    enabled: bool = True
+    layers: list[int] = Field([3, 4, 6, 3], min_length=4, max_length=4)
+    width_multiplier: float = Field(1.0, gt=0)
+    pool: Literal["mean", "max"] = "mean"
+    hidden: int = Field(512, ge=1)
+    dropout: float = Field(0.5, ge=0, lt=1)
+    freeze_backbone: bool = False
+    pretrained: str | None = Field(None, description="torchvision ResNet-50 ImageNet .pth")
+
+
+class KineticsTrain(TrainSettings):
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    warmup_epochs: int = Field(0, ge=0)
+    grad_accum: int = Field(1, ge=1)
+    max_grad_norm: float | None = Field(None, gt=0)
+    num_workers: int = Field(0, ge=0, description="DataLoader processes decoding frames")
+
+
+class KineticsEvaluate(Section):
+    ablation_dilation: bool = Field(True, description="also train a fixed-dilation BesNet")
+    bootstrap: int = Field(1000, ge=10)
 
 
 class KineticsSettings(Section):
@@ -356,6 +409,11 @@ class KineticsSettings(Section):
     frames: KineticsFrames = KineticsFrames()
     demo: KineticsDemo = KineticsDemo()
     dataset: KineticsDataset = KineticsDataset()
+    model: KineticsModel = KineticsModel()
+    baseline: KineticsBaseline = KineticsBaseline()
+    train: KineticsTrain = KineticsTrain(epochs=30, batch_size=8, lr=1e-3, weight_decay=1e-4,
+                                         patience=8)
+    evaluate: KineticsEvaluate = KineticsEvaluate()
 
     @model_validator(mode="after")
     def _sources(self) -> KineticsSettings:

@@ -263,6 +263,21 @@ def majority_baseline(y_train: np.ndarray, y_test: np.ndarray) -> dict:
 
 
 # ---------------------------------------------------------------- multi-class
+def mean_ci(values: np.ndarray, *, n_resamples: int, seed: int, alpha: float = 0.05
+            ) -> dict[str, float]:
+    """{"mean", "low", "high"}: the mean of per-sample values (correct 0/1, or a paired
+    difference of two models' correctness) with its iid percentile bootstrap interval."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if values.size == 0:
+        raise DataError("no values to average", field="values")
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(values.size, np.full(values.size, 1 / values.size),
+                             size=n_resamples)
+    means = counts @ values / values.size
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return {"mean": float(values.mean()), "low": float(low), "high": float(high)}
+
+
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict:
     """{"top1": ..., "top5": ...}: share of samples whose label is among the k highest scores.
 

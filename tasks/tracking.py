@@ -59,10 +59,17 @@ def _experiment_id(common: CommonSettings, pipeline: str) -> str:
 @contextmanager
 def run(common: CommonSettings, pipeline: str, run_name: str, *,
         params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
-        run_id: str | None = None, nested: bool = False) -> Iterator[Any]:
-    """Start (or resume, given `run_id`) an MLflow run in the pipeline's experiment."""
+        run_id: str | None = None, nested: bool = False, enabled: bool = True
+        ) -> Iterator[Any]:
+    """Start (or resume, given `run_id`) an MLflow run in the pipeline's experiment.
+
+    `enabled=False` (every rank but 0 of a torchrun job) yields None and logs nothing.
+    """
     import mlflow
 
+    if not enabled:
+        yield None
+        return
     configure(common)
     if run_id is not None:
         ctx = mlflow.start_run(run_id=run_id, nested=nested)

@@ -2,6 +2,8 @@
 
 Read `fit` top to bottom. Loaders yield `(inputs..., target)`; the model is called as
 `model(*inputs)` and the loss as `loss_fn(outputs, target)` (a mean over the batch).
+Under torchrun (`tasks.distributed.init_distributed` first) the same loop runs on every rank
+with DistributedDataParallel; without a process group it is a plain single-process loop.
 """
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from tasks import distributed
 from tasks.errors import ConfigError, DataError, ReproLabError
 from tasks.logs import get_logger
 from tasks.storage import atomic_path
@@ -121,13 +125,39 @@ class FitResult:
 
 
 # ---------------------------------------------------------------- small pieces of the loop
+def _channels_last(tensor: torch.Tensor) -> torch.Tensor:
+    """5-D -> channels_last_3d, 4-D -> channels_last memory layout (same values); others as is."""
+    if tensor.dim() == 5:
+        return tensor.contiguous(memory_format=torch.channels_last_3d)
+    if tensor.dim() == 4:
+        return tensor.contiguous(memory_format=torch.channels_last)
+    return tensor
+
+
+def _to_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move `model` to `device`; on CUDA its conv kernels take the channels-last layout
+    (cuDNN's fast path for bf16). Per tensor, as Module.to(memory_format) rejects 4-D with 5-D."""
+    model.to(device)
+    if device.type == "cuda":
+        for param in model.parameters():
+            param.data = _channels_last(param.data)
+    return model
+
+
 def _split_batch(batch: Sequence[torch.Tensor], device: torch.device
                  ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """(inputs..., target) -> (inputs, target); a one-element batch is inputs only."""
+    """(inputs..., target) -> (inputs, target); a one-element batch is inputs only.
+
+    On CUDA, 4-D and 5-D inputs (images, clips) take the channels-last layout like the model.
+    """
     tensors = [t.to(device, non_blocking=True) for t in batch]
     if len(tensors) == 1:
-        return tensors, None
-    return tensors[:-1], tensors[-1]
+        inputs, target = tensors, None
+    else:
+        inputs, target = tensors[:-1], tensors[-1]
+    if device.type == "cuda":
+        inputs = [_channels_last(t) for t in inputs]
+    return inputs, target
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -170,7 +200,8 @@ def _rng_states(train_loader: DataLoader) -> dict[str, Any]:
         "python": [py_state[0], list(py_state[1]), py_state[2]],
     }
     if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+        # the current device's generator: the one this process trains on (each rank its own GPU)
+        states["cuda_device"] = torch.cuda.get_rng_state()
     if train_loader.generator is not None:
         states["loader"] = train_loader.generator.get_state()
     return states
@@ -183,8 +214,8 @@ def _set_rng_states(states: dict[str, Any], train_loader: DataLoader) -> None:
                          np_state["has_gauss"], np_state["cached_gaussian"]))
     version, internal, gauss_next = states["python"]
     random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if "cuda_device" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda_device"])
     if "loader" in states and train_loader.generator is not None:
         train_loader.generator.set_state(states["loader"])
 
@@ -197,9 +228,9 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
                         path=path) from exc
 
 
-def _evaluate_loss(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: torch.device
-                   ) -> float:
-    """Mean loss over every sample of `loader`, in eval mode."""
+def _loss_sums(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: torch.device
+               ) -> tuple[float, int]:
+    """(sum of the per-sample loss, number of samples) over `loader`, in eval mode."""
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
@@ -209,7 +240,7 @@ def _evaluate_loss(model: nn.Module, loader: DataLoader, loss_fn: Callable, devi
                 outputs = model(*inputs)
             total += loss_fn(outputs.float(), target).item() * len(target)
             count += len(target)
-    return total / max(count, 1)
+    return total, count
 
 
 # ---------------------------------------------------------------- the loop
@@ -222,10 +253,22 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
     The LR schedule is per optimizer step: linear warm-up over `warmup_epochs`, then cosine
     decay to zero at the last epoch. With `checkpoint_path`, every epoch is saved and a later
     call resumes from the next epoch exactly (same weights as an uninterrupted run).
+
+    In a process group of several ranks (torchrun): DistributedDataParallel, each rank trains
+    on its share of `train_loader` and validates on its share of `val_loader`; losses in the
+    history are over all ranks; rank 0 alone writes the checkpoint and calls `on_epoch` (meant
+    for logging); every rank returns the same weights, in the plain (unwrapped) module.
     """
     log = get_logger()
-    seed_everything(config.seed)
-    model.to(device)
+    n_ranks, main = distributed.world_size(), distributed.is_main()
+    seed_everything(config.seed)  # every rank alike, so rank 0's saved RNG state fits them all
+    _to_device(model, device)
+    net: nn.Module = model  # what runs forward and backward; `model` holds the state dicts
+    if n_ranks > 1:
+        rank = distributed.rank()
+        train_loader = distributed.shard_train_loader(train_loader, rank, n_ranks, config.seed)
+        val_loader = distributed.shard_eval_loader(val_loader, rank, n_ranks)
+        net = distributed.wrap_ddp(model, device)
     optimizer = _make_optimizer(model, config)
     if len(train_loader) == 0:
         raise DataError("training loader has no batches")
@@ -239,6 +282,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
     best_val, best_epoch, best_state = math.inf, 0, None
     start_epoch, stopped_early = 1, False
 
+    # every rank resumes from the same file (rank 0 wrote it, the others waited at a barrier)
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         ckpt = _load_checkpoint(Path(checkpoint_path))
         try:
@@ -256,38 +300,50 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
             group["lr"] = base_lr * _lr_factor(scheduler.last_epoch, warmup_steps, total_steps,
                                                config.cosine)
-        log.info("resuming from %s at epoch %d", checkpoint_path, start_epoch)
+        if main:
+            log.info("resuming from %s at epoch %d", checkpoint_path, start_epoch)
 
     n_batches = len(train_loader)
     for epoch in range(start_epoch, config.epochs + 1):
         if stopped_early:
             break
         started = time.perf_counter()
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)  # a new order each epoch, agreed by all ranks
+        if hasattr(train_loader.dataset, "set_epoch"):  # per-epoch augmentation draws (resumable)
+            train_loader.dataset.set_epoch(epoch)
 
         # ---- train one epoch (gradient accumulation over `grad_accum` batches)
-        model.train()
+        net.train()
         optimizer.zero_grad(set_to_none=True)
         train_total, train_count, lr = 0.0, 0, optimizer.param_groups[0]["lr"]
         for i, batch in enumerate(train_loader):
             inputs, target = _split_batch(batch, device)
             group_start = (i // config.grad_accum) * config.grad_accum
             group_size = min(config.grad_accum, n_batches - group_start)
-            with _autocast(device):
-                outputs = model(*inputs)
-            loss = loss_fn(outputs.float(), target)
-            (loss / group_size).backward()
+            last_of_group = i - group_start + 1 == group_size
+            with distributed.grad_sync(net, last_of_group):  # DDP: average grads once per step
+                with _autocast(device):
+                    outputs = net(*inputs)
+                loss = loss_fn(outputs.float(), target)
+                (loss / group_size).backward()
             train_total += loss.item() * len(target)
             train_count += len(target)
-            if i - group_start + 1 == group_size:  # last batch of this accumulation group
+            if last_of_group:
                 if config.max_grad_norm is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+        if n_ranks > 1:
+            distributed.broadcast_buffers(model)  # BatchNorm statistics: rank 0's everywhere
 
-        # ---- validate, keep the best weights, decide on early stopping
-        val_loss = _evaluate_loss(model, val_loader, loss_fn, device)
+        # ---- validate (sums over all ranks), keep the best weights, decide on early stopping
+        val_total, val_count = _loss_sums(model, val_loader, loss_fn, device)
+        train_total, train_count, val_total, val_count = distributed.all_reduce_sum(
+            [train_total, train_count, val_total, val_count], device)
+        val_loss = val_total / max(val_count, 1)
         if val_loss < best_val:
             best_val, best_epoch = val_loss, epoch
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -295,23 +351,26 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
         row = {"epoch": epoch, "train_loss": train_total / max(train_count, 1),
                "val_loss": val_loss, "lr": lr, "seconds": time.perf_counter() - started}
         history.append(row)
-        log.info("epoch %d/%d train_loss %.4f val_loss %.4f lr %.2e (%.1fs)%s", epoch,
-                 config.epochs, row["train_loss"], val_loss, lr, row["seconds"],
-                 " *" if best_epoch == epoch else "")
+        if main:
+            log.info("epoch %d/%d train_loss %.4f val_loss %.4f lr %.2e (%.1fs)%s", epoch,
+                     config.epochs, row["train_loss"], val_loss, lr, row["seconds"],
+                     " *" if best_epoch == epoch else "")
 
-        # ---- checkpoint (atomically), then report
+        # ---- checkpoint (atomically, rank 0 only), then report
         if checkpoint_path is not None:
-            with atomic_path(checkpoint_path) as tmp:
-                torch.save({
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch,
-                    "best_state": best_state, "best_val": best_val, "best_epoch": best_epoch,
-                    "stopped_early": stopped_early, "history": history,
-                    "rng": _rng_states(train_loader),
-                }, tmp)
-        if on_epoch is not None:
+            if main:
+                with atomic_path(checkpoint_path) as tmp:
+                    torch.save({
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "epoch": epoch,
+                        "best_state": best_state, "best_val": best_val, "best_epoch": best_epoch,
+                        "stopped_early": stopped_early, "history": history,
+                        "rng": _rng_states(train_loader),
+                    }, tmp)
+            distributed.barrier()  # no rank moves on (or returns) before the file is complete
+        if on_epoch is not None and main:
             on_epoch(dict(row))
-        if stopped_early:
+        if stopped_early and main:
             log.info("early stop: no val improvement for %d epochs (best epoch %d, val_loss %.4f)",
                      config.patience, best_epoch, best_val)
 
@@ -323,8 +382,13 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
 
 
 def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
-    """Raw model outputs (logits) for every batch of `loader`, in order, as one array."""
-    model.to(device)
+    """Raw model outputs (logits) for every batch of `loader`, in order, as one array.
+
+    Under torchrun every rank predicts the whole loader with its own copy of the model.
+    """
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
+    _to_device(model, device)
     model.eval()
     outputs = []
     with torch.no_grad():

@@ -2,8 +2,8 @@
 
 Train: K frames by uniform segments with a random offset (TSN) or a random stride, one random
 resized crop for the whole clip, a horizontal flip only if asked (the demo's left/right classes
-would swap). Test: `test_clips` evenly spaced views of K frames, short side resize + centre crop,
-stacked as (n_clips, C, K, H, W). Randomness comes from (seed, epoch, index) only.
+would swap). Test: `test_clips` evenly spaced views of K frames, short side resize + centre crop (or
+three crops along the long side), stacked as (n_crops * n_clips, C, K, H, W). Randomness comes from (seed, epoch, index) only.
 """
 from __future__ import annotations
 
@@ -96,6 +96,15 @@ def centre_box(width: int, height: int, crop: int, short_side: int) -> Box:
     w, h = min(width, crop / scale), min(height, crop / scale)
     x0, y0 = (width - w) / 2, (height - h) / 2
     return (x0, y0, x0 + w, y0 + h)
+
+
+def three_crop_boxes(width: int, height: int, crop: int, short_side: int) -> list[Box]:
+    """MMAction2's ThreeCrop: start, centre and end squares along the long side (after resize)."""
+    x0, y0, x1, y1 = centre_box(width, height, crop, short_side)
+    w, h = x1 - x0, y1 - y0
+    if width >= height:
+        return [(x, y0, x + w, y1) for x in (0.0, x0, width - w)]
+    return [(x0, y, x1, y + h) for y in (0.0, y0, height - h)]
 
 
 # ------------------------------------------------------------------ reading
@@ -236,8 +245,11 @@ class ClipDataset(Dataset):
         views = view_indices(n, s.frames, s.sampling, s.test_clips)
         images = self._read(i, views.ravel().tolist())
         width, height = next(iter(images.values())).size
-        box = centre_box(width, height, s.crop, self.short_side)
-        resized = {j: img.resize(crop, Image.Resampling.BILINEAR, box=box)
-                   for j, img in images.items()}
-        clips = [to_tensor([resized[j] for j in view]) for view in views.tolist()]
+        boxes = ([centre_box(width, height, s.crop, self.short_side)] if s.test_crops == 1
+                 else three_crop_boxes(width, height, s.crop, self.short_side))
+        clips = []
+        for box in boxes:  # views ordered crop-major: (n_crops * n_clips, C, K, H, W)
+            resized = {j: img.resize(crop, Image.Resampling.BILINEAR, box=box)
+                       for j, img in images.items()}
+            clips.extend(to_tensor([resized[j] for j in view]) for view in views.tolist())
         return torch.stack(clips), self.labels[i]

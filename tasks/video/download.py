@@ -17,7 +17,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,10 +24,12 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.config import KineticsDownload
+from tasks.config import CommonSettings, KineticsDownload
 from tasks.errors import DataError, FetchError
 from tasks.logs import get_logger
 from tasks.media import ffmpeg_dir, ffmpeg_path, probe_video
+from tasks.parallel import map_batches
+from tasks.progress import progress_bar
 from tasks.video.ledger import Ledger
 
 STAGE = "download"
@@ -328,41 +329,46 @@ def download_one(row: Mapping[str, Any], settings: KineticsDownload, clips_dir: 
         return "failed", exc
 
 
-@task(name="kinetics-download", cache_policy=NO_CACHE)  # side effects; a Ledger has a lock
+@task(name="kinetics-download-batch", tags=["kinetics-download"], cache_policy=NO_CACHE)
+def download_batch(batch: list[dict], settings: KineticsDownload, clips_dir: str,
+                   source: str) -> list[tuple[str, str, str | None, bool]]:
+    """Fetch one batch of manifest rows in turn: (clip_id, status, reason, permanent) each."""
+    out = []
+    for row in batch:
+        status, failure = download_one(row, settings, Path(clips_dir), source)
+        out.append((str(row["clip_id"]), status, failure and failure.reason,
+                    bool(failure and failure.permanent)))
+    return out
+
+
 def download_all(manifest: pd.DataFrame, settings: KineticsDownload, clips_dir: str | os.PathLike,
-                 ledger: Ledger, source: Literal["live", "http", "local"] = "live") -> dict:
+                 ledger: Ledger, source: Literal["live", "http", "local"] = "live",
+                 common: CommonSettings | None = None) -> dict:
     """Fetch every manifest clip not yet present; returns counts and saves the ledger.
 
-    One Prefect task run for the stage, with a thread pool of `concurrency` inside: one task
-    run per clip would mean hundreds of thousands of runs for Kinetics, and the plain pool
-    runs the same from tests (`download_all.fn`), DVC and a flow.
+    Batches of `batch_size` rows are Prefect task runs mapped under `common.task_runner`, at
+    most `concurrency` at once; the ledger is updated and saved here as each batch completes,
+    so an interrupted run keeps what it learnt.
     """
     if source not in ("live", "http", "local"):
         raise FetchError(f"kinetics.source: cannot download from {source!r}")
     log = get_logger()
-    clips_dir = Path(clips_dir)
     skip = set() if settings.retry_failed else ledger.failed(STAGE)
     rows = manifest.to_dict("records")
     todo = [r for r in rows if r["clip_id"] not in skip]
     counts = {"total": len(rows), "downloaded": 0, "present": 0, "failed": 0,
               "skipped": len(rows) - len(todo), "permanent": 0}
-    with ThreadPoolExecutor(max_workers=settings.concurrency,
-                            thread_name_prefix="kinetics-dl") as pool:
-        for first in range(0, len(todo), settings.batch_size):
-            batch = todo[first:first + settings.batch_size]
-            results = pool.map(lambda r: download_one(r, settings, clips_dir, source), batch)
-            for row, (status, failure) in zip(batch, results, strict=True):
-                if failure is None:
-                    counts[status] += 1
-                    ledger.clear(row["clip_id"], STAGE)
-                    continue
-                counts["failed"] += 1
-                counts["permanent"] += failure.permanent
-                ledger.record(row["clip_id"], STAGE, failure.reason, failure.permanent)
-                log.debug("%s: %s (%s)", row["clip_id"], failure.reason,
-                          "permanent" if failure.permanent else "transient")
+    done = 0
+    with progress_bar(len(todo), f"kinetics download ({source})") as bar:
+        for _, results in map_batches(download_batch, todo, settings.batch_size,
+                                      settings.concurrency, common, settings=settings,
+                                      clips_dir=str(clips_dir), source=source):
+            for clip_id, status, reason, permanent in results:
+                _record(ledger, counts, clip_id, status, reason, permanent)
             ledger.save()  # progress survives an interrupted run
-            done = first + len(batch)
+            done += len(results)
+            bar.update(len(results))
+            bar.set_postfix(failed=counts["failed"], remaining=len(todo) - done)
             log.info("kinetics download (%s): %d/%d done: %d downloaded, %d present, %d failed, "
                      "%d skipped, %d remaining", source, done, len(todo), counts["downloaded"],
                      counts["present"], counts["failed"], counts["skipped"], len(todo) - done)
@@ -371,3 +377,15 @@ def download_all(manifest: pd.DataFrame, settings: KineticsDownload, clips_dir: 
         log.warning("kinetics download: %d clip(s) failed (%d for good), see %s",
                     counts["failed"], counts["permanent"], ledger.path)
     return counts
+
+
+def _record(ledger: Ledger, counts: dict, clip_id: str, status: str, reason: str | None,
+            permanent: bool) -> None:
+    if status != "failed":
+        counts[status] += 1
+        ledger.clear(clip_id, STAGE)
+        return
+    counts["failed"] += 1
+    counts["permanent"] += permanent
+    ledger.record(clip_id, STAGE, reason or "unknown", permanent)
+    get_logger().debug("%s: %s (%s)", clip_id, reason, "permanent" if permanent else "transient")

@@ -16,18 +16,20 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import ffmpeg
 import pandas as pd
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from tasks.config import KineticsFrames
+from tasks.config import CommonSettings, KineticsFrames
 from tasks.errors import DataError
 from tasks.logs import get_logger
 from tasks.media import ffmpeg_path, probe_video
+from tasks.parallel import map_batches
+from tasks.progress import progress_bar
 from tasks.storage import atomic_dir, atomic_path, write_parquet
 from tasks.video.ledger import Ledger
 
@@ -191,50 +193,51 @@ def _extract_row(row: dict, clips_dir: Path, frames_dir: Path,
     return "extracted", None
 
 
+@task(name="kinetics-frames-batch", tags=["kinetics-frames"], cache_policy=NO_CACHE)
+def extract_batch(batch: list[dict], clips_dir: str, frames_dir: str,
+                  settings: KineticsFrames) -> list[tuple[str, str, str | None]]:
+    """Extract one batch of manifest rows in turn: (clip_id, status, reason) each."""
+    return [(str(row["clip_id"]), *_extract_row(row, Path(clips_dir), Path(frames_dir), settings))
+            for row in batch]
+
+
 def extract_all(manifest: pd.DataFrame, clips_dir: str | os.PathLike,
                 frames_dir: str | os.PathLike, settings: KineticsFrames, ledger: Ledger,
-                log_every_s: float = 10.0) -> dict:
-    """Extract every manifest clip not done yet with `settings.workers` ffmpeg processes.
+                common: CommonSettings | None = None) -> dict:
+    """Extract every manifest clip not done yet, `settings.workers` batches (ffmpeg processes)
+    at a time under `common.task_runner`.
 
     Failures go to the ledger (stage "frames"; a missing source is transient, a bad one
-    permanent), which is saved at the end. Returns counts and clips/s.
+    permanent), saved after every batch. Returns counts and clips/s.
     """
     log = get_logger()
-    clips_dir, frames_dir = Path(clips_dir), Path(frames_dir)
     rows = manifest.to_dict("records")
-    _clear_stale_dirs(frames_dir, {str(r["label_dir"]) for r in rows})
+    _clear_stale_dirs(Path(frames_dir), {str(r["label_dir"]) for r in rows})
     counts = {"total": len(rows), "extracted": 0, "skipped": 0, "missing": 0, "failed": 0}
-    started = last_log = time.monotonic()
-    try:
-        with ThreadPoolExecutor(max_workers=settings.workers,
-                                thread_name_prefix="kinetics-frames") as pool:
-            futures = {pool.submit(_extract_row, r, clips_dir, frames_dir, settings): r
-                       for r in rows}
-            for done, future in enumerate(as_completed(futures), start=1):
-                clip_id = str(futures[future]["clip_id"])
-                status, reason = future.result()
+    started, done = time.monotonic(), 0
+    with progress_bar(len(rows), "kinetics frames") as bar:
+        for _, results in map_batches(extract_batch, rows, settings.batch_size, settings.workers,
+                                      common, clips_dir=str(clips_dir),
+                                      frames_dir=str(frames_dir), settings=settings):
+            for clip_id, status, reason in results:
                 counts[status] += 1
                 if status in ("extracted", "skipped"):
                     ledger.clear(clip_id, STAGE)
                 else:
                     ledger.record(clip_id, STAGE, reason, permanent=status == "failed")
                     log.debug("%s: %s", clip_id, reason)
-                now = time.monotonic()
-                if now - last_log >= log_every_s or done == len(rows):
-                    last_log = now
-                    log.info("kinetics frames: %d/%d (%.0f%%): %d extracted, %d skipped, "
-                             "%d missing, %d failed, %.2f clips/s", done, len(rows),
-                             100 * done / max(len(rows), 1), counts["extracted"],
-                             counts["skipped"], counts["missing"], counts["failed"],
-                             counts["extracted"] / max(now - started, 1e-9))
-    finally:
-        ledger.save()
+            ledger.save()
+            done += len(results)
+            bar.update(len(results))
+            bar.set_postfix(failed=counts["failed"] + counts["missing"], remaining=len(rows) - done)
+            log.info("kinetics frames: %d/%d: %d extracted, %d skipped, %d missing, %d failed, "
+                     "%.2f clips/s", done, len(rows), counts["extracted"], counts["skipped"],
+                     counts["missing"], counts["failed"],
+                     counts["extracted"] / max(time.monotonic() - started, 1e-9))
+    ledger.save()
     seconds = time.monotonic() - started
     return {**counts, "seconds": seconds,
             "clips_per_second": counts["extracted"] / seconds if seconds > 0 else 0.0}
-
-
-extract_frames = task(name="kinetics-frames")(extract_all)
 
 
 # ================================================================== the index

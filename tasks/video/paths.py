@@ -28,3 +28,19 @@ class KineticsPaths:
     @property
     def report(self) -> Path:
         return self.root / "reports/kinetics/data.json"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts/kinetics"
+
+    def checkpoints(self, stage: str) -> Path:
+        """Per stage: DVC outputs must not overlap, and each stage keeps its own (persist)."""
+        return self.root / "artifacts/checkpoints" / stage
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics/kinetics.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots/kinetics"

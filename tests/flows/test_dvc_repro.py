@@ -17,7 +17,11 @@ from tests.conftest import ROOT, VENV_BIN
 pytestmark = pytest.mark.slow
 STAGES = ["crypto_ingest", "crypto_features", "crypto_split", "crypto_train", "crypto_evaluate",
           "quora_ingest", "quora_clean", "quora_embed", "quora_train", "quora_evaluate",
-          "kinetics_download", "kinetics_frames", "kinetics_index"]
+          "kinetics_download", "kinetics_frames", "kinetics_index", "kinetics_train",
+          "kinetics_baseline", "kinetics_evaluate"]
+KINETICS_KEYS = ["test.top1", "test.top5", "test.top1_ci.low", "baseline.top1",
+                 "ablation.dilation.random", "ablation.dilation.fixed",
+                 "ablation.dilation.difference_ci.high"]
 QUORA_KEYS = ["test.accuracy", "test.accuracy_ci.low", "test.f1", "test.roc_auc",
               "baselines.majority.accuracy"]
 CRYPTO_KEYS = ["test.accuracy", "test.accuracy_ci.low", "test.accuracy_ci.high", "baselines.majority.accuracy",
@@ -28,7 +32,12 @@ SMALL = {"crypto": {"demo": {"n_bars": 4000}, "train": {"epochs": 2},
                     "split": {"walk_forward": {"folds": 2}}},
          "quora": {"demo": {"n_pairs": 1200}, "train": {"epochs": 2}, "embed": {"epochs": 2},
                    "evaluate": {"bootstrap": 100}},
-         "kinetics": {"demo": {"clips_per_class": 3, "duration": 1.0, "size": 64}}}
+         "kinetics": {"demo": {"clips_per_class": 3, "duration": 1.0, "size": 64},
+                      "dataset": {"frames": 4, "crop": 32, "test_clips": 1},
+                      "model": {"width_multiplier": 0.0625},
+                      "baseline": {"width_multiplier": 0.0625, "hidden": 16},
+                      "train": {"epochs": 1, "batch_size": 4},
+                      "evaluate": {"bootstrap": 100}}}
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -95,7 +104,8 @@ def test_second_repro_reproduces_nothing_and_status_is_clean(repo):
 
 @pytest.mark.parametrize(("path", "keys"), [("metrics/crypto.json", CRYPTO_KEYS),
                                            ("metrics/quora.json", QUORA_KEYS),
-                                           ("reports/kinetics/data.json", ["clips", "classes"])])
+                                           ("reports/kinetics/data.json", ["clips", "classes"]),
+                                           ("metrics/kinetics.json", KINETICS_KEYS)])
 def test_metrics_show_lists_the_interface_keys(repo, path, keys):
     repo_path, env, _ = repo
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo_path, env).stdout)
@@ -121,6 +131,12 @@ def test_mlflow_sqlite_store_holds_the_runs_and_models(repo):
     assert len(parent) == 1 and "test.accuracy" in parent[0].data.metrics
     assert len(quora) - 1 == 4  # one nested run per configuration of the table
     assert len(client.search_model_versions("name='quora-duplicates'")) == 1
+    kinetics = mlflow.search_runs(experiment_names=["reprolab-kinetics"], output_format="list")
+    names = sorted(r.info.run_name for r in kinetics)
+    assert names == ["baseline", "besnet", "besnet_fixed", "kinetics_baseline", "kinetics_train"]
+    besnet = next(r for r in kinetics if r.info.run_name == "besnet")
+    assert "test.top1" in besnet.data.metrics and "val_loss" in besnet.data.metrics
+    assert len(client.search_model_versions("name='kinetics-besnet'")) == 1
 
 
 def test_kinetics_index_lists_every_demo_clip(repo):

@@ -11,6 +11,9 @@ from tasks.config import TrainSettings
 from tasks.errors import ConfigError, DataError
 from tasks.train import (
     FitConfig,
+    _channels_last,
+    _split_batch,
+    _to_device,
     fit,
     predict,
     resolve_device,
@@ -107,6 +110,30 @@ def test_fit_config_from_settings_and_validation():
         FitConfig(epochs=1, lr=0.1, optimizer="adam")
     with pytest.raises(ConfigError, match="train.grad_accum"):
         FitConfig(epochs=1, lr=0.1, grad_accum=0)
+
+
+def test_channels_last_layout_for_4d_and_5d_tensors_only():
+    clip, image, window = torch.randn(2, 3, 4, 5, 6), torch.randn(2, 3, 5, 6), torch.randn(2, 8, 3)
+    assert _channels_last(clip).is_contiguous(memory_format=torch.channels_last_3d)
+    assert _channels_last(image).is_contiguous(memory_format=torch.channels_last)
+    assert _channels_last(window) is window
+    assert torch.equal(_channels_last(clip), clip)
+    # on the CPU nothing changes layout
+    conv = _to_device(nn.Conv3d(3, 4, 3), CPU)
+    assert conv.weight.is_contiguous()
+    assert _split_batch([clip, torch.zeros(2)], CPU)[0][0].is_contiguous()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_conv_kernels_and_clip_batches_take_channels_last():
+    cuda = torch.device("cuda")
+    model = _to_device(nn.ModuleDict({"clip": nn.Conv3d(3, 4, 3), "frame": nn.Conv2d(3, 4, 3),
+                                      "head": nn.Linear(4, 2)}), cuda)
+    assert model["clip"].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert model["frame"].weight.is_contiguous(memory_format=torch.channels_last)
+    inputs, target = _split_batch([torch.randn(2, 3, 4, 5, 6), torch.zeros(2)], cuda)
+    assert inputs[0].is_contiguous(memory_format=torch.channels_last_3d)
+    assert target.is_cuda and target.is_contiguous()
 
 
 # ---------------------------------------------------------------- learning and stopping

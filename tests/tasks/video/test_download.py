@@ -22,6 +22,8 @@ from tasks.video.ledger import Ledger
 from tests.fakes.http_server import FakeFileServer
 
 LABEL_DIR = "arm_wrestling"
+# downloads map Prefect tasks: report them to the session's real server
+pytestmark = pytest.mark.usefixtures("prefect_api")
 TOL = 0.5
 
 
@@ -114,7 +116,7 @@ def test_failures_land_in_the_ledger_and_a_rerun_fetches_nothing_new(
     clips, ledger = tmp_path / "clips", Ledger(tmp_path / "ledger.parquet")
     manifest = pd.DataFrame([_row("okvideo0001"), _row("-dash0000001"), _row("missing0001"),
                              _row("truncated001"), _row("textfile001")])
-    counts = download_all.fn(manifest, _settings(server), clips, ledger, source="http")
+    counts = download_all(manifest, _settings(server), clips, ledger, source="http")
     assert counts["downloaded"] == 2 and counts["failed"] == 3 and counts["permanent"] == 3
     frame = Ledger(tmp_path / "ledger.parquet").frame.set_index("clip_id")  # saved to disk
     failed = {_row(y)["clip_id"] for y in ("missing0001", "truncated001", "textfile001")}
@@ -125,11 +127,11 @@ def test_failures_land_in_the_ledger_and_a_rerun_fetches_nothing_new(
     assert _leftovers(clips) == [] and len(list(clips.rglob("*.mp4"))) == 2
 
     server.reset_requests()
-    again = download_all.fn(manifest, _settings(server), clips, Ledger(ledger.path), source="http")
+    again = download_all(manifest, _settings(server), clips, Ledger(ledger.path), source="http")
     assert server.requests_for("GET") == []
     assert again["present"] == 2 and again["skipped"] == 3 and again["downloaded"] == 0
 
-    retry = download_all.fn(manifest, _settings(server, retry_failed=True), clips,
+    retry = download_all(manifest, _settings(server, retry_failed=True), clips,
                             Ledger(ledger.path), source="http")
     asked = {r.path for r in server.requests_for("GET")}
     assert retry["failed"] == 3 and retry["present"] == 2
@@ -151,13 +153,13 @@ def test_a_server_error_that_lasts_is_recorded_as_transient(
     server.fail(503, times=None)
     ledger = Ledger(tmp_path / "ledger.parquet")
     manifest = pd.DataFrame([_row("okvideo0001")])
-    counts = download_all.fn(manifest, _settings(server), tmp_path / "clips", ledger,
+    counts = download_all(manifest, _settings(server), tmp_path / "clips", ledger,
                              source="http")
     assert counts["failed"] == 1 and counts["permanent"] == 0
     assert ledger.failed("download") == set() and "503" in ledger.frame["reason"].iloc[0]
     assert len(server.requests_for("GET")) == 2  # one try and one retry
     server.clear_faults()
-    assert download_all.fn(manifest, _settings(server), tmp_path / "clips", ledger,
+    assert download_all(manifest, _settings(server), tmp_path / "clips", ledger,
                            source="http")["downloaded"] == 1
     assert len(ledger) == 0  # the success cleared the entry
 
@@ -171,7 +173,7 @@ def test_local_source_copies_and_trims(source_mp4: Path, tmp_path: Path) -> None
     missing = _row("nowhere0001")
     clips, ledger = tmp_path / "clips", Ledger(tmp_path / "ledger.parquet")
     settings = _settings(local_dir=str(local))
-    counts = download_all.fn(pd.DataFrame([whole, cut, missing]), settings, clips, ledger,
+    counts = download_all(pd.DataFrame([whole, cut, missing]), settings, clips, ledger,
                              source="local")
     assert counts["downloaded"] == 2 and counts["failed"] == 1
     assert abs(probe_video(clip_path(whole, clips)).duration - 2.0) <= TOL  # trimmed
@@ -179,7 +181,7 @@ def test_local_source_copies_and_trims(source_mp4: Path, tmp_path: Path) -> None
     frame = ledger.frame
     assert frame["reason"].tolist() == [NOT_FOUND_LOCALLY] and frame["permanent"].all()
     assert _leftovers(clips) == []
-    rerun = download_all.fn(pd.DataFrame([whole, cut, missing]), settings, clips, ledger,
+    rerun = download_all(pd.DataFrame([whole, cut, missing]), settings, clips, ledger,
                             source="local")
     assert rerun["present"] == 2 and rerun["skipped"] == 1
 

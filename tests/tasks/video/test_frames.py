@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[3]
 SHARED = Path(__file__).resolve().parents[4] / "shared" / "data" / "kinetics"
 REAL = SHARED / "k400_arm_wrestling_mmaction2_demo.mp4"  # 10 s, 340x256, 28 fps
 needs_real = pytest.mark.skipif(not REAL.exists(), reason=f"{REAL} is absent")
+# extraction maps Prefect tasks: report them to the session's real server
+pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 def _jpegs(folder: Path) -> list[Path]:
@@ -169,7 +171,8 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 30.0) -> None:
 
 @needs_real
 @pytest.mark.parametrize("moment", ["after_first_clip", "while_ffmpeg_runs"])
-def test_killed_extraction_leaves_no_partial_clip_and_rerun_completes(tmp_path, moment):
+def test_killed_extraction_leaves_no_partial_clip_and_rerun_completes(tmp_path, moment,
+                                                                    prefect_server):
     clips, frames = tmp_path / "clips", tmp_path / "frames"
     ids = [f"clip{i:07d}_000000_000010" for i in range(5)]
     _place_clips(clips, ids)
@@ -186,7 +189,8 @@ def test_killed_extraction_leaves_no_partial_clip_and_rerun_completes(tmp_path, 
 
     proc = subprocess.Popen(
         [sys.executable, "-c", _CHILD.format(root=str(ROOT)), str(tmp_path / "manifest.parquet"),
-         str(clips), str(frames), str(tmp_path / "ledger.parquet")], start_new_session=True)
+         str(clips), str(frames), str(tmp_path / "ledger.parquet")], start_new_session=True,
+        env={**os.environ, "PREFECT_API_URL": prefect_server})  # no ephemeral server to orphan
     try:
         _wait_for(first_done if moment == "after_first_clip" else ffmpeg_writing, proc)
         if moment == "after_first_clip":
@@ -215,3 +219,47 @@ def test_killed_extraction_leaves_no_partial_clip_and_rerun_completes(tmp_path, 
     assert (abs(index["n_frames"] - 250) <= 2).all()
     assert all(len(_jpegs(label / c)) == n for c, n in zip(index["clip_id"], index["n_frames"],
                                                              strict=True))
+
+
+# ================================================================== task runners
+def _batch_runs(api_url: str) -> int:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        assert str(client.api_url).rstrip("/") == api_url
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(
+            name=TaskRunFilterName(like_="kinetics-frames-batch")), limit=200)
+    return sum(run.state is not None and run.state.is_completed() for run in runs)
+
+
+def test_dask_cluster_of_two_workers_gives_the_same_index_as_threads(
+        tmp_path, portrait_clip, prefect_api):
+    from tasks.config import CommonSettings
+    from tasks.parallel import batch_size_for, batched
+
+    prefect_server = prefect_api
+
+    ids = [f"synth{i:06d}_000000_000003" for i in range(6)]
+    clips = tmp_path / "clips"
+    _place_clips(clips, ids, src=portrait_clip)
+    manifest = _manifest(ids)
+    settings = KineticsFrames(fps=5, short_side=64, workers=2, batch_size=2)
+    indexes, before = {}, _batch_runs(prefect_server)
+    for runner in ("threads", "dask"):
+        frames = tmp_path / runner / "frames"
+        counts = extract_all(manifest, clips, frames, settings,
+                             Ledger(tmp_path / runner / "ledger.parquet"),
+                             CommonSettings(task_runner=runner))
+        assert counts["extracted"] == 6 and counts["failed"] == 0
+        indexes[runner] = build_index(manifest, frames, "jpeg", tmp_path / runner)
+        after = _batch_runs(prefect_server)
+        expected = len(batched(ids, batch_size_for(len(ids), 2, 2)))  # 6: few clips, 2 workers
+        assert after - before == expected, f"{runner}: one task run per mapped batch"
+        before = after
+    pd.testing.assert_frame_equal(indexes["threads"], indexes["dask"])
+    assert len(indexes["dask"]) == 6 and (indexes["dask"]["n_frames"] == 15).all()
+    for clip_id in ids:
+        a, b = (_jpegs(tmp_path / r / "frames" / "arm_wrestling" / clip_id)
+                for r in ("threads", "dask"))
+        assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]

@@ -1,0 +1,91 @@
+"""Map a Prefect task over batches of work, under threads or a Dask cluster (`common.task_runner`).
+
+Batches, not items, are the unit of a task run: Kinetics has ~650k clips, and one task run per
+clip would drown the Prefect database. The runner's worker count is the concurrency limit;
+across several flow runs, a Prefect tag concurrency limit on the task's tag caps it globally
+(`prefect concurrency-limit create kinetics-download 4`).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from prefect import Task, unmapped
+from prefect.futures import as_completed
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from tasks.config import CommonSettings
+
+T = TypeVar("T")
+BATCHES_PER_WORKER = 4
+
+
+@contextmanager
+def shared_prefect_api() -> Iterator[None]:
+    """Export this run's Prefect API URL, so child processes (DVC stages, Dask workers) report
+    to the same server instead of each starting an ephemeral one."""
+    from prefect.client.orchestration import get_client
+
+    previous = os.environ.get("PREFECT_API_URL")
+    try:
+        with get_client(sync_client=True) as client:
+            os.environ["PREFECT_API_URL"] = str(client.api_url).rstrip("/")
+    except Exception:  # noqa: BLE001 - no API reachable: children start their own
+        pass
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+
+
+def task_runner(common: CommonSettings | None, max_workers: int) -> TaskRunner:
+    """Threads (default), a local Dask cluster of `max_workers` processes, or `dask_address`."""
+    if common is None or common.task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=max_workers)
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as exc:  # pragma: no cover - prefect-dask is a dependency
+        raise ImportError("common.task_runner: 'dask' needs prefect-dask installed") from exc
+    if common.dask_address:
+        return DaskTaskRunner(address=common.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": max_workers, "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": ":0"})
+
+
+def batched(items: Sequence[T], size: int) -> list[list[T]]:
+    """[a, b, c, d, e] with size 2 -> [[a, b], [c, d], [e]]."""
+    if size < 1:
+        raise ValueError(f"batch size must be >= 1, got {size}")
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def batch_size_for(n_items: int, batch_size: int, max_workers: int) -> int:
+    """`batch_size`, made smaller when there are too few items to keep every worker busy to the
+    end (at least BATCHES_PER_WORKER batches each, so the last round is short)."""
+    per_worker = math.ceil(n_items / (BATCHES_PER_WORKER * max_workers))
+    return max(1, min(batch_size, per_worker))
+
+
+def map_batches(task: Task, items: Sequence[T], batch_size: int, max_workers: int,
+                common: CommonSettings | None = None, **fixed: Any
+                ) -> Iterator[tuple[list[T], Any]]:
+    """Run `task(batch=..., **fixed)` for every batch; yield (batch, result) as each completes.
+
+    At most `max_workers` batches run at once. A batch whose task raises re-raises here, after
+    the batches already yielded were handled by the caller (e.g. saved to a ledger).
+    """
+    batches = batched(items, batch_size_for(len(items), batch_size, max_workers))
+    if not batches:
+        return
+    parameters = {"batch": batches, **{k: unmapped(v) for k, v in fixed.items()}}
+    with shared_prefect_api(), task_runner(common, max_workers) as runner:
+        futures = runner.map(task, parameters=parameters)
+        by_id = {future.task_run_id: batch for future, batch in zip(futures, batches, strict=True)}
+        for future in as_completed(futures):
+            yield by_id[future.task_run_id], future.result()

@@ -1,0 +1,218 @@
+"""kinetics_train / kinetics_baseline: BesNet (and its fixed-dilation ablation) and the frame
+baseline, trained by the one loop in tasks/train.py on the clip index, logged to MLflow.
+
+Each model's checkpoint is named by a hash of everything that decides its weights (settings,
+seed, index), so a killed run resumes exactly and a changed config never resumes a stale one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from models.besnet import BesNet
+from models.frame_baseline import FrameBaseline
+from models.layers import ViewAverage
+from tasks import distributed, tracking
+from tasks.config import CommonSettings, KineticsSettings, flat_params
+from tasks.errors import DataError
+from tasks.logs import get_logger
+from tasks.storage import atomic_path, read_json, read_parquet, write_json
+from tasks.train import FitConfig, fit
+from tasks.video.dataset import ClipDataset
+
+REGISTERED_MODEL = "kinetics-besnet"
+SPLITS = ("train", "val", "test")
+MODEL_FILE, SUMMARY_FILE, SKIPPED_FILE = "model.pt", "train.json", "skipped.json"
+
+
+# ================================================================== models
+def build_besnet(settings: KineticsSettings, num_classes: int,
+                 dilation_mode: str | None = None) -> BesNet:
+    """BesNet (or I3D-R50) from kinetics.model; `dilation_mode` overrides it (the ablation)."""
+    m = settings.model
+    return BesNet(num_classes=num_classes, layers=tuple(m.layers), dilations=tuple(m.dilations),
+                  dilation_mode=dilation_mode or m.dilation_mode, fixed_dilation=m.fixed_dilation,
+                  temporal_padding=m.temporal_padding, erase_relu=m.erase_relu,
+                  activation=m.activation, dropout=m.dropout, residual_scale=m.residual_scale,
+                  width_multiplier=m.width_multiplier, variant=m.arch)
+
+
+def build_baseline(settings: KineticsSettings, num_classes: int) -> FrameBaseline:
+    """The per-frame 2D ResNet + temporal pooling + MLP baseline from kinetics.baseline."""
+    b = settings.baseline
+    return FrameBaseline(num_classes, depth=50, width_multiplier=b.width_multiplier,
+                         layers=tuple(b.layers), pool=b.pool, hidden=b.hidden,
+                         dropout=b.dropout, freeze_backbone=b.freeze_backbone)
+
+
+def load_imagenet(model: nn.Module, path: str) -> None:
+    """Load a torchvision ResNet-50 ImageNet state dict file: inflated into BesNet, as is into
+    the baseline's backbone (its fc is unused)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise DataError(f"cannot read the ImageNet checkpoint ({exc})", path=path) from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    try:
+        if isinstance(model, BesNet):
+            model.load_2d(state)
+        else:
+            model.backbone.load_state_dict(state)
+    except (RuntimeError, ValueError) as exc:
+        raise DataError(f"not a ResNet-50 of this width/depth ({str(exc)[:300]})",
+                        path=path) from None
+
+
+# ================================================================== data
+@dataclass(frozen=True)
+class ClipSplits:
+    """The index split three ways; `test_name` says which split the test numbers come from."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+    test_name: str
+
+
+def split_index(index: pd.DataFrame, seed: int) -> ClipSplits:
+    """train / val / test from the index's `split`; without val, 10% of train per class (seeded);
+    without test (Kinetics' test labels are not public everywhere), the val split is reported."""
+    unknown = set(index["split"]) - set(SPLITS)
+    if unknown:
+        raise DataError(f"unknown split names {sorted(unknown)}", field="split")
+    parts = {name: index[index["split"] == name].reset_index(drop=True) for name in SPLITS}
+    if parts["train"].empty:
+        raise DataError("the index has no training clips", field="split")
+    if parts["val"].empty:
+        held = parts["train"].groupby("class_index", group_keys=False).sample(
+            frac=0.1, random_state=seed)
+        parts["val"] = held.reset_index(drop=True)
+        parts["train"] = parts["train"].drop(held.index).reset_index(drop=True)
+    test_name = "test" if not parts["test"].empty else "val"
+    return ClipSplits(parts["train"], parts["val"], parts[test_name], test_name)
+
+
+def clip_loader(frame: pd.DataFrame, settings: KineticsSettings, seed: int, train: bool,
+                root: Path = Path(".")) -> DataLoader:
+    """A DataLoader of (clip, label): one random view in training, every test view otherwise."""
+    dataset = ClipDataset(frame, root, settings.dataset, train=train, seed=seed,
+                          storage=settings.frames.storage)
+    t = settings.train
+    # BatchNorm cannot train on a batch of one: drop such a last training batch
+    drop_last = train and len(dataset) % t.batch_size == 1
+    return DataLoader(dataset, batch_size=t.batch_size if train else max(1, t.batch_size // 2),
+                      shuffle=train, drop_last=drop_last, num_workers=t.num_workers,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def index_digest(path: Path) -> str:
+    """SHA-256 of the index file (part of every checkpoint's name)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def checkpoint_path(folder: Path, name: str, settings: KineticsSettings, seed: int,
+                    index_sha: str) -> Path:
+    """folder/{name}-{hash}.ckpt, the hash over what decides the weights."""
+    decisive = {"name": name, "seed": seed, "index": index_sha,
+                **{k: flat_params(getattr(settings, k)) for k in
+                   ("model", "baseline", "train", "dataset")},
+                "storage": settings.frames.storage}
+    digest = hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode())
+    return Path(folder) / f"{name}-{digest.hexdigest()[:12]}.ckpt"
+
+
+# ================================================================== one model
+def train_model(name: str, model: nn.Module, splits: ClipSplits, settings: KineticsSettings,
+                common: CommonSettings, device: torch.device, checkpoint: Path) -> dict:
+    """Fit `model` (early stopping on val loss, multi-view val) and return its summary."""
+    seed = common.seed
+    train_loader = clip_loader(splits.train, settings, seed, train=True)
+    val_loader = clip_loader(splits.val, settings, seed, train=False)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    result = fit(ViewAverage(model), train_loader, val_loader, nn.CrossEntropyLoss(),
+                 FitConfig.from_settings(settings.train, seed), device,
+                 on_epoch=lambda row: tracking.log_metrics(
+                     {k: row[k] for k in ("train_loss", "val_loss", "lr")}, step=row["epoch"]),
+                 checkpoint_path=checkpoint)
+    get_logger().info("%s: best epoch %d of %d (val loss %.4f)", name, result.best_epoch,
+                      len(result.history), result.best_val_loss)
+    return {"history": result.history, "best_epoch": result.best_epoch,
+            "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def drop_stale_checkpoints(current: Path) -> None:
+    """Remove this model's checkpoints of other configurations (the current one stays: a rerun
+    of the same configuration finds it finished and does not train again)."""
+    stem = current.name.rsplit("-", 1)[0]
+    for old in current.parent.glob(f"{stem}-*.ckpt"):
+        if old != current:
+            old.unlink(missing_ok=True)
+
+
+def save_model(model: nn.Module, dest: Path) -> Path:
+    """The trained weights (state dict, loadable with weights_only=True), atomically."""
+    with atomic_path(dest) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    return dest
+
+
+def fresh_model(name: str, settings: KineticsSettings, num_classes: int) -> nn.Module:
+    if name == "baseline":
+        model = build_baseline(settings, num_classes)
+        pretrained = settings.baseline.pretrained
+    else:
+        model = build_besnet(settings, num_classes, "fixed" if name == "besnet_fixed" else None)
+        pretrained = settings.model.pretrained
+    if pretrained:
+        load_imagenet(model, pretrained)
+    return model
+
+
+# ================================================================== the stages
+def train_models(names: list[str], settings: KineticsSettings, common: CommonSettings,
+                 index_path: Path, classes_path: Path, out_dir: Path, checkpoints: Path,
+                 device: torch.device, stage: str) -> dict:
+    """Train each named model ("besnet", "besnet_fixed", "baseline"); write out_dir/{name}/
+    model.pt and train.json; one MLflow parent run for the stage, a nested run per model."""
+    index = read_parquet(index_path)
+    classes = read_json(classes_path)
+    splits = split_index(index, common.seed)
+    sha = index_digest(index_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"models": {}, "splits": {
+        "train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
+        "test_split": splits.test_name}}
+    params = {**flat_params(settings, "kinetics."), "common.seed": common.seed}
+    with tracking.run(common, "kinetics", stage, params=params, tags={"stage": stage},
+                      enabled=distributed.is_main()) as parent:
+        for name in names:
+            model = fresh_model(name, settings, len(classes))
+            ckpt = checkpoint_path(checkpoints, name, settings, common.seed, sha)
+            with tracking.run(common, "kinetics", name, nested=True,
+                              enabled=distributed.is_main()) as child:
+                fitted = train_model(name, model, splits, settings, common, device, ckpt)
+                entry = {**fitted, "mlflow_run_id": child.info.run_id if child else None}
+                if distributed.is_main():
+                    save_model(model, out_dir / name / MODEL_FILE)
+                    write_json(entry, out_dir / name / SUMMARY_FILE)
+                    drop_stale_checkpoints(ckpt)
+                summary["models"][name] = entry
+        summary["mlflow_run_id"] = parent.info.run_id if parent else None
+    return summary
+
+
+def mark_skipped(folder: Path, reason: str) -> None:
+    """A model folder that says why the model was not trained (DVC needs the output to exist)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (MODEL_FILE, SUMMARY_FILE):
+        (folder / name).unlink(missing_ok=True)
+    write_json({"skipped": reason}, folder / SKIPPED_FILE)
