@@ -136,9 +136,6 @@ class BesNet(nn.Module):
         self.dropout = _dropout(activation, dropout)
         self.fc = nn.Linear(inplanes, num_classes)
         self._init_weights(activation)
-        if self.channels_last_on_cpu:
-            # weights in the activations' layout: convs and AdamW then copy none of them
-            self.to(memory_format=torch.channels_last_3d)
 
     def _init_weights(self, activation: str) -> None:
         if activation == "selu":
