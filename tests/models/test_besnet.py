@@ -438,3 +438,31 @@ def test_full_size_parameter_counts_match_the_note():
     assert count(besnet50(400)) == 48_584_144
     assert count(i3d_resnet50(400)) == 46_962_128
     assert len(besnet50(1000).state_dict()) == len(resnet50().state_dict()) == 320
+
+
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
+@pytest.mark.parametrize(("dilation", "stride"), [(1, 1), (2, 1), (4, 2), (3, 2)])
+def test_the_fast_temporal_conv_has_the_gradients_of_conv3d(padding, dilation, stride):
+    from models.layers import RandomDilationConv3d
+
+    torch.manual_seed(0)
+    conv = RandomDilationConv3d(5, 7, dilations=(dilation,), mode="fixed",
+                                fixed_dilation=dilation, temporal_padding=padding,
+                                stride=stride, bias=True).double()
+    x = torch.randn(2, 5, 6, 9, 9, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn_like(conv(x))
+    (conv(x) * grad_out).sum().backward()
+    fast = (x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone())
+
+    x_ref = x.detach().clone().requires_grad_(True)
+    w_ref = conv.weight.detach().clone().requires_grad_(True)
+    b_ref = conv.bias.detach().clone().requires_grad_(True)
+    pad = dilation
+    inp = x_ref
+    if padding == "replicate":
+        inp, pad = torch.nn.functional.pad(x_ref, (0, 0, 0, 0, pad, pad), mode="replicate"), 0
+    ref = torch.nn.functional.conv3d(inp, w_ref, b_ref, (1, stride, stride), (pad, 0, 0),
+                                     (dilation, 1, 1))
+    (ref * grad_out).sum().backward()
+    for got, want in zip(fast, (x_ref.grad, w_ref.grad, b_ref.grad), strict=True):
+        torch.testing.assert_close(got, want)
