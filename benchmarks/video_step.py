@@ -11,8 +11,8 @@ activations); on CUDA torch.cuda.max_memory_allocated in that subprocess. The he
 much of the time other processes kept a task waiting for a CPU (Linux PSI): with OpenMP's
 spinning threads a shared 2-core machine slows the steps several-fold, so rerun when it is quiet.
 
-    python -m benchmarks.video_step [--steps 7] [--warmup 1] [--threads 2] [--device cpu]
-        [--rows besnet,besnet-d1,i3d,frames,besnet-eval] [--no-memory] [--profile]
+    python -m benchmarks.video_step [--steps 9] [--warmup 1] [--threads 2] [--device cpu]
+        [--rows besnet,besnet-d1,i3d,frames,besnet-eval,...] [--no-memory] [--profile]
 """
 from __future__ import annotations
 
@@ -58,9 +58,14 @@ ROWS: dict[str, Row] = {
                      lambda n: besnet50(n, dilation_mode="fixed", fixed_dilation=4)),
     "i3d": Row("I3D-R50 (3x3x3 middle, 1x1x1 else)", i3d_resnet50),
     "frames": Row("frame baseline (2D ResNet-50/frame)", lambda n: FrameBaseline(n, depth=50)),
-    "besnet-eval": Row("BesNet-50 eval fwd (all dilations)", besnet50, train=False),
+    "besnet-eval": Row("BesNet-50 eval, mean of d {1,2,4}", besnet50, train=False),
+    "besnet-eval-12": Row("BesNet-50 eval, mean {1,2} merged",
+                          lambda n: besnet50(n, dilations=(1, 2)), train=False),
+    "besnet-eval-d1": Row("BesNet-50 eval, fixed dilation 1",
+                          lambda n: besnet50(n, dilation_mode="fixed", fixed_dilation=1),
+                          train=False),
 }
-DEFAULT_ROWS = "besnet,besnet-d1,i3d,frames,besnet-eval"
+DEFAULT_ROWS = "besnet,besnet-d1,i3d,frames,besnet-eval,besnet-eval-12,besnet-eval-d1"
 
 
 @dataclass(frozen=True)
@@ -303,8 +308,8 @@ def print_table(result: dict, setup: Setup, warmup: int, steps: int) -> None:
               f"{result['stall_share']:.0%} of the wall time{busy}")
     print(f"dense matmul {MATMUL_SIZE}^3 (the peak): {peak / 1e9:.0f} GFLOP/s median, "
           f"{result['matmul_best_flops_per_s'] / 1e9:.0f} best")
-    print("FLOPs: conv + linear multiply-adds x 2 as run; train step = 3 x forward; "
-          "params: trainable")
+    print("FLOPs: conv + linear multiply-adds x 2 as run (taps on zero padding included); "
+          "a train step\ncounts 3 x the forward; params: trainable ones")
     print()
     print(f"{'':36}{'step s':>8}{'best s':>8}{'clips/s':>9}{'GFLOPs':>8}{'params':>8}"
           f"{'peak':>8}{'GFLOP/s':>9}{'of peak':>8}")
@@ -323,7 +328,9 @@ def print_table(result: dict, setup: Setup, warmup: int, steps: int) -> None:
             ("besnet", "besnet-d2", "BesNet random / fixed dilation 2", "<= 1.05"),
             ("besnet", "besnet-d4", "BesNet random / fixed dilation 4", "<= 1.05"),
             ("besnet", "frames", "BesNet random / frame baseline", ""),
-            ("besnet-eval", "besnet", "BesNet eval forward / train step", "")]:
+            ("besnet-eval", "besnet", "BesNet eval forward / train step", ""),
+            ("besnet-eval", "besnet-eval-d1", "eval: mean of {1,2,4} / one dilation", ""),
+            ("besnet-eval-12", "besnet-eval-d1", "eval: mean of {1,2} / one dilation", "")]:
         if a in rows and b in rows:
             print(f"{label:44}{rows[a]['median_s'] / rows[b]['median_s']:>8.2f}"
                   f"{rows[a]['best_s'] / rows[b]['best_s']:>8.2f}  {target}")
@@ -340,7 +347,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=DEFAULT_ROWS,
                         help=f"comma-separated, from {', '.join(ROWS)}")
-    parser.add_argument("--steps", type=int, default=7, help="timed steps per row")
+    parser.add_argument("--steps", type=int, default=9, help="timed steps per row")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per row first")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--frames", type=int, default=8)

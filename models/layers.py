@@ -201,16 +201,16 @@ class TemporalConv(torch.autograd.Function):
                 grad_out, x, weight, None, stride, (pad, 0, 0), (dilation, 1, 1), False,
                 (0, 0, 0), 1, (True, False, False))[0]
         if ctx.needs_input_grad[1]:
-            grad_w = temporal_weight_grad(grad_out, x, weight.shape[2], stride[1], pad, dilation)
+            grad_w = temporal_weight_grad(grad_out, x, weight, stride[1], pad, dilation)
         if has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(dim=(0, 2, 3, 4))
         return grad_x, grad_w, grad_b, None, None, None
 
 
-def temporal_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, taps: int, spatial_stride: int,
-                         pad: int, dilation: int) -> torch.Tensor:
-    """The weight gradient of a (taps, 1, 1) conv with temporal stride 1: per tap, one batched
-    matmul of the output gradient with the input frames that tap reads, no im2col copy."""
+def temporal_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                         spatial_stride: int, pad: int, dilation: int) -> torch.Tensor:
+    """The weight gradient of a (taps, 1, 1) conv with temporal stride 1, in `weight`'s layout:
+    per tap, one batched matmul of the output gradient with the input frames that tap reads."""
     if spatial_stride > 1:  # a 1x1 spatial kernel reads only these positions
         x = x[:, :, :, ::spatial_stride, ::spatial_stride]
     batch, in_ch, t_in, height, width = x.shape
@@ -218,17 +218,17 @@ def temporal_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, taps: int, spa
     # (B, T*H*W, C): a view when the tensor is channels-last 3D
     rows_x = x.permute(0, 2, 3, 4, 1).reshape(batch, t_in * hw, in_ch)
     rows_grad = grad_out.permute(0, 2, 3, 4, 1).reshape(batch, t_out * hw, out_ch)
-    per_tap = []
-    for k in range(taps):
+    grad_w = torch.empty_like(weight)  # the weight's own strides: no copy to match them later
+    for k in range(weight.shape[2]):
         shift = k * dilation - pad  # output frame t reads input frame t + shift
         first, last = max(0, -shift), min(t_out, t_in - shift)
         if first >= last:  # the tap only ever reads padding
-            per_tap.append(x.new_zeros(out_ch, in_ch))
+            grad_w[:, :, k].zero_()
             continue
         grad_rows = rows_grad[:, first * hw:last * hw].transpose(1, 2)
         x_rows = rows_x[:, (first + shift) * hw:(last + shift) * hw]
-        per_tap.append(torch.bmm(grad_rows, x_rows).sum(dim=0))
-    return torch.stack(per_tap, dim=2).view(out_ch, in_ch, taps, 1, 1)
+        torch.sum(torch.bmm(grad_rows, x_rows), dim=0, out=grad_w[:, :, k, 0, 0])
+    return grad_w
 
 
 class ViewAverage(nn.Module):
