@@ -13,7 +13,16 @@ export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo test lint bench clean
+# deployments (prefect.yaml): a local server and worker, or any server via PREFECT_API_URL
+PREFECT_PORT ?= 4200
+SERVER_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+export REPROLAB_HOME ?= $(CURDIR)
+export REPROLAB_POOL ?= reprolab
+export REPROLAB_NIGHTLY_CRON ?= 0 2 * * *
+export REPROLAB_TIMEZONE ?= UTC
+RUN_DIR := $(PREFECT_HOME)/run
+
+.PHONY: venv demo test lint bench clean server worker deploy stop
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +45,38 @@ lint: venv
 
 bench: venv
 	$(BIN)/python -m benchmarks.crypto_ingest
+
+# a Prefect server on 127.0.0.1 and a process worker, each in its own session (PID files,
+# logs in .prefect/run); `make stop` ends both, the worker first
+server: venv
+	@mkdir -p $(RUN_DIR)
+	@if [ -f $(RUN_DIR)/server.pid ] && kill -0 $$(cat $(RUN_DIR)/server.pid) 2>/dev/null; then \
+	  echo "server already running (PID $$(cat $(RUN_DIR)/server.pid))"; else \
+	  setsid $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) \
+	    >$(RUN_DIR)/server.log 2>&1 & echo $$! >$(RUN_DIR)/server.pid; fi
+	@for i in $$(seq 60); do curl -sf $(SERVER_URL)/health >/dev/null && break; sleep 1; done; \
+	  curl -sf $(SERVER_URL)/health >/dev/null || { echo "server did not start: see $(RUN_DIR)/server.log"; exit 1; }
+	@echo "Prefect server: $(SERVER_URL:/api=) (UI), log $(RUN_DIR)/server.log"
+	@$(MAKE) --no-print-directory worker PREFECT_API_URL=$(SERVER_URL)
+
+worker: venv
+	@mkdir -p $(RUN_DIR)
+	@if [ -f $(RUN_DIR)/worker.pid ] && kill -0 $$(cat $(RUN_DIR)/worker.pid) 2>/dev/null; then \
+	  echo "worker already running (PID $$(cat $(RUN_DIR)/worker.pid))"; else \
+	  PREFECT_API_URL=$${PREFECT_API_URL:-$(SERVER_URL)} setsid $(BIN)/prefect worker start \
+	    --pool $(REPROLAB_POOL) --type process >$(RUN_DIR)/worker.log 2>&1 & \
+	  echo $$! >$(RUN_DIR)/worker.pid; echo "worker for pool $(REPROLAB_POOL): log $(RUN_DIR)/worker.log"; fi
+
+deploy: venv
+	@export PREFECT_API_URL=$${PREFECT_API_URL:-$(SERVER_URL)}; \
+	  $(BIN)/prefect work-pool inspect $(REPROLAB_POOL) >/dev/null 2>&1 || \
+	    $(BIN)/prefect work-pool create $(REPROLAB_POOL) --type process; \
+	  $(BIN)/prefect --no-prompt deploy --all
+
+stop:
+	@for name in worker server; do f=$(RUN_DIR)/$$name.pid; \
+	  if [ -f $$f ]; then kill -TERM -- -$$(cat $$f) 2>/dev/null; sleep 2; \
+	    kill -KILL -- -$$(cat $$f) 2>/dev/null; rm -f $$f; echo "stopped $$name"; fi; done
 
 clean:
 	rm -rf data artifacts metrics plots reports mlflow.db mlartifacts mlruns .prefect

@@ -37,13 +37,14 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def dvc_repro(targets: list[str], force: bool = False) -> list[str]:
-    """`dvc repro` the targets (DVC decides what is stale); returns the stages that ran."""
+def dvc_repro(targets: list[str], force: bool = False, single_item: bool = False) -> list[str]:
+    """`dvc repro` the targets (DVC decides what is stale); returns the stages that ran.
+    `single_item`: only the targets themselves (`dvc repro -s`)."""
     from dvc.repo import Repo
 
     log = get_logger()
     with shared_prefect_api(), Repo(".") as repo:
-        stages = repo.reproduce(targets=targets, force=force)
+        stages = repo.reproduce(targets=targets, force=force, single_item=single_item)
     names = [getattr(s, "addressing", str(s)) for s in stages]
     log.info("dvc repro %s: %s", " ".join(targets), ", ".join(names) or "nothing to reproduce")
     return names

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -424,11 +425,30 @@ class KineticsSettings(Section):
         return self
 
 
+# ---------------------------------------------------------------- nightly retraining
+PIPELINE_NAMES = ("crypto", "quora", "kinetics")
+
+
+class NightlySettings(Section):
+    pipelines: list[Literal["crypto", "quora", "kinetics"]] = list(PIPELINE_NAMES)
+    margin: float = Field(0.0, ge=0, description="a challenger must beat the champion by this")
+    push: bool = True
+    remote: str | None = Field(None, description="DVC remote to push to; None = the default")
+
+    @field_validator("pipelines")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"name each pipeline once, at least one: {value!r}")
+        return value
+
+
 class Params(Section):
     common: CommonSettings = CommonSettings()
     crypto: CryptoSettings = CryptoSettings()
     quora: QuoraSettings = QuoraSettings()
     kinetics: KineticsSettings = KineticsSettings()
+    nightly: NightlySettings = NightlySettings()
 
 
 # ---------------------------------------------------------------- loading
@@ -485,6 +505,29 @@ def load_params(path: str | os.PathLike = PARAMS_FILE,
     if overrides:
         raw = apply_overrides(raw, overrides)
     return parse_params(raw, str(path))
+
+
+def save_overrides(path: str | os.PathLike, overrides: Mapping[str, Any]) -> Params:
+    """Write dotted overrides into params.yaml itself, as `dvc exp run -S` does, so DVC sees
+    them and git shows them; validated before anything is written, comments and order kept,
+    written atomically."""
+    from ruamel.yaml import YAML
+
+    from tasks.storage import write_text
+
+    params = load_params(path, overrides)
+    round_trip = YAML()
+    doc = round_trip.load(Path(path).read_text())
+    for dotted, value in overrides.items():
+        node = doc
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    text = io.StringIO()
+    round_trip.dump(doc, text)
+    write_text(text.getvalue(), path)
+    return params
 
 
 def flat_params(section: BaseModel, prefix: str = "") -> dict[str, Any]:

@@ -2,9 +2,6 @@
 real Prefect flow reporting to a real Prefect server; a second `dvc repro` reproduces nothing."""
 import json
 import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import httpx
 import mlflow
@@ -12,7 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import ROOT, VENV_BIN
+from tests.conftest import VENV_BIN
+from tests.flows.repo_copy import SMALL, copy_repo, merge, run
 
 pytestmark = pytest.mark.slow
 STAGES = ["crypto_ingest", "crypto_features", "crypto_split", "crypto_train", "crypto_evaluate",
@@ -27,50 +25,10 @@ QUORA_KEYS = ["test.accuracy", "test.accuracy_ci.low", "test.f1", "test.roc_auc"
 CRYPTO_KEYS = ["test.accuracy", "test.accuracy_ci.low", "test.accuracy_ci.high", "baselines.majority.accuracy",
                "baselines.persistence.accuracy", "leak_audit.leaky.accuracy",
                "leak_audit.leak_free.accuracy", "backtest.sharpe", "backtest.buy_and_hold_sharpe"]
-SMALL = {"crypto": {"demo": {"n_bars": 4000}, "train": {"epochs": 2},
-                    "model": {"hidden": 8}, "evaluate": {"bootstrap": 100},
-                    "split": {"walk_forward": {"folds": 2}}},
-         "quora": {"demo": {"n_pairs": 1200}, "train": {"epochs": 2}, "embed": {"epochs": 2},
-                   "evaluate": {"bootstrap": 100}},
-         "kinetics": {"demo": {"clips_per_class": 3, "duration": 1.0, "size": 64},
-                      "dataset": {"frames": 4, "crop": 32, "test_clips": 1},
-                      "model": {"width_multiplier": 0.0625},
-                      "baseline": {"width_multiplier": 0.0625, "hidden": 16},
-                      "train": {"epochs": 1, "batch_size": 4},
-                      "evaluate": {"bootstrap": 100}}}
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    for key, value in extra.items():
-        base[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return base
-
-
-def copy_repo(dest: Path) -> Path:
-    """The project's tracked and untracked-not-ignored files, as a fresh git repo."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                            check=True, capture_output=True, text=True).stdout.splitlines()
-    for rel in listed:
-        src = ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
-        subprocess.run(cmd, cwd=dest, check=True)
-    return dest
-
-
-def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return proc
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, prefect_server):
     repo = copy_repo(tmp_path_factory.mktemp("repo"))
-    params = _merge(yaml.safe_load((repo / "params.yaml").read_text()), SMALL)
+    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), SMALL)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
            "PREFECT_API_URL": prefect_server, "PYTHONPATH": str(repo)}

@@ -1,0 +1,251 @@
+"""Nightly retraining: for each enabled pipeline look for new data, `dvc repro` what is stale,
+judge the new model against the MLflow `champion`, `dvc push`; a Prefect artifact per night.
+
+    python -m flows.nightly [--pipelines crypto,quora] [--set key.path=value ...]
+
+Looking for new data is a forced run of the pipeline's ingest stage alone (`dvc repro -s -f`):
+ingestion is incremental (new candles since the last one, manifest clips not yet downloaded and
+not in the failure ledger, the Quora file only when its checksum changed), so on a night
+without new data its outputs hash the same and `dvc repro` then finds nothing stale
+downstream: no training, no new model version, `dvc status` clean. (`always_changed: true` in
+dvc.yaml would do the looking too, but leaves `dvc status` never clean.) A failing stage fails
+the run naming that stage; the stages before it are already in dvc.lock, so the next run
+resumes at the failed one.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, task
+
+from flows.common import dvc_repro, parse_overrides, settings
+from tasks import champion, tracking
+from tasks.config import PIPELINE_NAMES, Params, save_overrides
+from tasks.errors import ReproLabError
+from tasks.logs import get_logger
+from tasks.storage import read_json, write_json, write_text
+
+PARAMS_FILE = "params.yaml"
+REPORT_DIR = Path("reports/nightly")
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What the night needs to know of a pipeline: its DVC stages, registered model, metric."""
+
+    name: str
+    ingest: str
+    final: str
+    model: str
+    metrics: str
+    metric: str
+    baselines: tuple[str, ...]  # naive baselines of the same metric; the best one counts
+    test_stage: str  # the stage whose output holds the test split
+
+
+PIPELINES = {
+    "crypto": Pipeline("crypto", "crypto_ingest", "crypto_evaluate", "crypto-next-move",
+                       "metrics/crypto.json", "test.accuracy",
+                       ("baselines.majority.accuracy", "baselines.persistence.accuracy"),
+                       "crypto_split"),
+    "quora": Pipeline("quora", "quora_ingest", "quora_evaluate", "quora-duplicates",
+                      "metrics/quora.json", "test.accuracy", ("baselines.majority.accuracy",),
+                      "quora_clean"),
+    "kinetics": Pipeline("kinetics", "kinetics_download", "kinetics_evaluate", "kinetics-besnet",
+                         "metrics/kinetics.json", "test.top1", ("chance_top1",),
+                         "kinetics_index"),
+}
+
+
+class StageFailed(ReproLabError):
+    """A DVC stage of a pipeline failed during the night."""
+
+
+def lock_outs(stage: str, lock: Path = Path("dvc.lock")) -> dict[str, dict]:
+    """{path: {md5, size, nfiles}} of a stage's outputs as dvc.lock records them ({} if none)."""
+    if not lock.exists():
+        return {}
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    return {out["path"]: {k: out.get(k) for k in ("md5", "size", "nfiles")}
+            for out in stages.get(stage, {}).get("outs", [])}
+
+
+def consumed(outs: dict[str, dict], pipeline_file: Path = Path("dvc.yaml")) -> dict[str, dict]:
+    """The outputs some stage reads (an ingest report with a timestamp is not new data)."""
+    stages = (yaml.safe_load(pipeline_file.read_text()) or {}).get("stages", {})
+    deps = {str(dep) for stage in stages.values() for dep in stage.get("deps", [])}
+    return {path: out for path, out in outs.items() if path in deps}
+
+
+def data_change(before: dict[str, dict], after: dict[str, dict]) -> dict[str, Any]:
+    """Whether the ingested data changed, and by how many bytes / files."""
+    def total(outs: dict[str, dict], key: str) -> int:
+        return sum(out.get(key) or 0 for out in outs.values())
+    return {"changed": before != after,
+            "bytes_added": total(after, "size") - total(before, "size"),
+            "files_added": total(after, "nfiles") - total(before, "nfiles")}
+
+
+def failed_stage(exc: Exception) -> str:
+    """The stage DVC names in `failed to reproduce 'stage'`."""
+    text = str(exc)
+    return text.split("'")[1] if text.count("'") >= 2 else text
+
+
+def repro(targets: list[str], pipeline: str, **kwargs: Any) -> list[str]:
+    """dvc_repro, with a stage's failure raised as StageFailed naming the stage."""
+    from dvc.exceptions import ReproductionError
+
+    try:
+        return dvc_repro(targets, **kwargs)
+    except ReproductionError as exc:
+        cause = exc.__cause__ or exc
+        raise StageFailed(f"{pipeline}: stage '{failed_stage(exc)}' failed ({cause}); its own "
+                          "error is in its flow run and the log above. The stages before it are "
+                          "recorded in dvc.lock: the next run resumes there.") from exc
+
+
+@task(name="refresh-data")
+def refresh(spec: Pipeline) -> dict[str, Any]:
+    """Run the ingest stage alone, forced: it fetches only what is new."""
+    before = consumed(lock_outs(spec.ingest))
+    repro([spec.ingest], spec.name, force=True, single_item=True)
+    change = data_change(before, consumed(lock_outs(spec.ingest)))
+    get_logger().info("%s: %s", spec.name, "new data" if change["changed"] else "no new data")
+    return change
+
+
+@task(name="dvc-repro")
+def reproduce(spec: Pipeline) -> list[str]:
+    return repro([spec.final], spec.name)
+
+
+def metric_value(metrics: dict, dotted: str) -> float:
+    node: Any = metrics
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ReproLabError(f"{dotted}: not in the metrics file")
+        node = node[part]
+    return float(node)
+
+
+def score(spec: Pipeline) -> champion.Score:
+    """The pipeline's test metric, its naive baseline and the test data digest from dvc.lock."""
+    metrics = read_json(spec.metrics)
+    test_outs = lock_outs(spec.test_stage)
+    digest = ",".join(f"{path}:{out['md5']}" for path, out in sorted(test_outs.items()))
+    return champion.Score(spec.metric, metric_value(metrics, spec.metric), digest,
+                          max(metric_value(metrics, key) for key in spec.baselines))
+
+
+@task(name="judge-challenger")
+def judge(spec: Pipeline, params: Params) -> dict[str, Any]:
+    tracking.configure(params.common)
+    verdict = champion.judge(champion.client(), spec.model, score(spec), params.nightly.margin)
+    get_logger().info("%s: %s", spec.model, verdict.reason)
+    return verdict.as_dict()
+
+
+@task(name="dvc-push")
+def push(remote: str | None) -> int:
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        pushed = repo.push(remote=remote)
+    get_logger().info("dvc push%s: %d files", f" -r {remote}" if remote else "", pushed)
+    return pushed
+
+
+def night_of(spec: Pipeline, params: Params) -> dict[str, Any]:
+    """One pipeline's night; a failure is recorded, not raised, so the others still run."""
+    row: dict[str, Any] = {"pipeline": spec.name}
+    try:
+        row["data"] = refresh(spec)
+        row["stages_run"] = reproduce(spec)
+        row["verdict"] = judge(spec, params)
+    except ReproLabError as exc:
+        row["error"] = str(exc)
+        get_logger().error("%s", exc)
+    return row
+
+
+def markdown(rows: list[dict[str, Any]], pushed: int | None) -> str:
+    lines = ["# Nightly retraining", "",
+             "| pipeline | new data | stages rerun | metric | champion | challenger | promoted "
+             "| why |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(markdown_row(row))
+    lines += ["", f"DVC push: {'skipped' if pushed is None else f'{pushed} files'}"]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_row(row: dict[str, Any]) -> str:
+    if "error" in row:
+        return f"| {row['pipeline']} | | | | | | no | **failed**: {row['error']} |"
+    data, verdict = row["data"], row["verdict"]
+    new_data = (f"yes (+{data['bytes_added']} bytes, +{data['files_added']} files)"
+                if data["changed"] else "no")
+    old = " ".join(part for part in (
+        None if verdict["old"] is None else f"{verdict['old']:.4f}",
+        None if verdict["champion"] is None else f"(v{verdict['champion']})") if part)
+    new = "" if verdict["challenger"] is None else f"{verdict['new']:.4f} (v{verdict['challenger']})"
+    stages = ", ".join(row["stages_run"]) or "none"
+    promoted = "yes" if verdict["promoted"] else "no"
+    return (f"| {row['pipeline']} | {new_data} | {stages} | {PIPELINES[row['pipeline']].metric} "
+            f"| {old} | {new} | {promoted} | {verdict['reason']} |")
+
+
+def publish(rows: list[dict[str, Any]], pushed: int | None) -> str:
+    from prefect.artifacts import create_markdown_artifact
+
+    text = markdown(rows, pushed)
+    write_text(text, REPORT_DIR / "summary.md")
+    write_json({"pipelines": rows, "pushed": pushed}, REPORT_DIR / "summary.json")
+    create_markdown_artifact(key="nightly-retrain", markdown=text,
+                             description="data added, stages rerun, champion vs challenger")
+    return text
+
+
+@flow(name="nightly-retrain")
+def nightly(pipelines: list[str] | None = None, overrides: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
+    """Retrain what new data made stale, promote better models, push the data.
+
+    pipelines: which ones tonight (default params.yaml's nightly.pipelines).
+    overrides: dotted params.yaml keys written into params.yaml first, as `dvc exp run -S`
+    does, so DVC sees them (validated before anything is written)."""
+    if overrides:
+        save_overrides(PARAMS_FILE, overrides)
+    params = settings({"nightly.pipelines": pipelines} if pipelines else None)
+    rows = [night_of(PIPELINES[name], params) for name in params.nightly.pipelines]
+    failed = [row for row in rows if "error" in row]
+    # what did complete is pushed even on a night where a pipeline failed
+    pushed = push(params.nightly.remote) if params.nightly.push else None
+    publish(rows, pushed)
+    if failed:
+        raise StageFailed("; ".join(row["error"] for row in failed))
+    return {"pipelines": rows, "pushed": pushed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.nightly")
+    parser.add_argument("--pipelines", help=f"comma-separated, from {','.join(PIPELINE_NAMES)}")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="write a params.yaml value first (dotted key)")
+    args = parser.parse_args(argv)
+    pipelines = args.pipelines.split(",") if args.pipelines else None
+    try:
+        nightly(pipelines=pipelines, overrides=parse_overrides(args.overrides) or None)
+    except ReproLabError as exc:
+        print(f"error: nightly: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""A temporary copy of the project as its own git + DVC repo, with CPU-small params."""
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+SMALL = {"crypto": {"demo": {"n_bars": 4000}, "train": {"epochs": 2},
+                    "model": {"hidden": 8}, "evaluate": {"bootstrap": 100},
+                    "split": {"walk_forward": {"folds": 2}}},
+         "quora": {"demo": {"n_pairs": 1200}, "train": {"epochs": 2}, "embed": {"epochs": 2},
+                   "evaluate": {"bootstrap": 100}},
+         "kinetics": {"demo": {"clips_per_class": 3, "duration": 1.0, "size": 64},
+                      "dataset": {"frames": 4, "crop": 32, "test_clips": 1},
+                      "model": {"width_multiplier": 0.0625},
+                      "baseline": {"width_multiplier": 0.0625, "hidden": 16},
+                      "train": {"epochs": 1, "batch_size": 4},
+                      "evaluate": {"bootstrap": 100}}}
+
+
+def merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        base[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return base
+
+
+def copy_repo(dest: Path) -> Path:
+    """The project's tracked and untracked-not-ignored files, as a fresh git repo."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                            check=True, capture_output=True, text=True).stdout.splitlines()
+    for rel in listed:
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dest, check=True)
+    return dest
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc

@@ -1,0 +1,170 @@
+"""The operator's path for real: a `prefect server` (the session's, on 127.0.0.1), `make deploy`
+from prefect.yaml in a temporary copy of the repo, `make worker` (a process worker), and
+`prefect deployment run 'nightly-retrain/nightly'`, waited on through the server's API.
+
+Night 1 trains and promotes the first champion; night 2, with no new data, changes nothing.
+Then a fault: a Quora night whose pretrained vectors file is unreadable fails naming the stage;
+once the file is fixed the next night resumes at that stage and completes."""
+import json
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import VENV_BIN
+from tests.flows.repo_copy import SMALL, copy_repo, merge, run
+
+pytestmark = pytest.mark.slow
+VENV = VENV_BIN.parent
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+VECTORS = "vectors.txt"
+WORDS = ("what how why is are the a to of in do i you can best way my and for it does learn "
+         "get make good difference between people life most which".split())
+
+
+def make(target: str, repo: Path, env: dict) -> subprocess.CompletedProcess:
+    # -o: the venv is the test's own; never rebuild it from the copy
+    return run(["make", "-o", f"{VENV}/bin/.installed", target, f"VENV={VENV}"], repo, env)
+
+
+def write_vectors(path: Path, readable: bool) -> None:
+    if not readable:
+        path.write_bytes(b"\x00\xff not vectors \x81\n" * 3)
+        return
+    rng = np.random.default_rng(0)
+    path.write_text("".join(f"{w} {' '.join(f'{v:.4f}' for v in rng.normal(size=8))}\n"
+                            for w in WORDS))
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory, prefect_server):
+    repo = copy_repo(tmp_path_factory.mktemp("deployed"))
+    fault = {"quora": {"embed": {"vectors": "pretrained", "pretrained_path": VECTORS,
+                                 "pretrained_format": "glove"}}}
+    params = merge(merge(yaml.safe_load((repo / "params.yaml").read_text()), SMALL), fault)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_vectors(repo / VECTORS, readable=False)
+    pool = f"test-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+           "PREFECT_API_URL": prefect_server, "REPROLAB_POOL": pool,
+           "REPROLAB_TIMEZONE": "Europe/Paris", "PREFECT_HOME": str(repo / ".prefect"),
+           "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("REPROLAB_HOME", None)  # make deploy sets it to the checkout it runs in
+    make("deploy", repo, env)
+    make("worker", repo, env)
+    try:
+        yield repo, env
+    finally:
+        make("stop", repo, env)
+
+
+def api(server: str, path: str, body: dict | None = None) -> dict | list:
+    response = httpx.post(f"{server}{path}", json=body or {}) if body is not None else \
+        httpx.get(f"{server}{path}")
+    response.raise_for_status()
+    return response.json()
+
+
+def deployment_run(repo: Path, env: dict, params: dict) -> str:
+    done = run([str(VENV_BIN / "prefect"), "deployment", "run", "nightly-retrain/nightly",
+                "--params", json.dumps(params)], repo, env)
+    return next(line.split()[-1] for line in done.stdout.splitlines() if "UUID" in line)
+
+
+def wait(server: str, run_id: str, repo: Path, timeout: float = 900) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        flow_run = api(server, f"/flow_runs/{run_id}")
+        if flow_run["state_type"] in TERMINAL:
+            return flow_run
+        time.sleep(2)
+    log = (repo / ".prefect" / "run" / "worker.log").read_text()[-3000:]
+    raise TimeoutError(f"flow run {run_id} not finished after {timeout} s; worker log:\n{log}")
+
+
+def night(repo: Path, env: dict, server: str, pipelines: list[str]) -> tuple[dict, dict]:
+    flow_run = wait(server, deployment_run(repo, env, {"pipelines": pipelines}), repo)
+    summary = json.loads((repo / "reports/nightly/summary.json").read_text())
+    return flow_run, summary
+
+
+def registry(repo: Path) -> mlflow.tracking.MlflowClient:
+    return mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+
+
+def versions(repo: Path, model: str) -> list:
+    return registry(repo).search_model_versions(f"name='{model}'")
+
+
+def dvc_clean(repo: Path, env: dict, stage: str) -> bool:
+    status = run([str(VENV_BIN / "dvc"), "status", "--json", "--with-deps", stage], repo, env)
+    return json.loads(status.stdout) == {}
+
+
+def test_deploy_creates_every_deployment_with_the_nightly_schedule(deployed, prefect_server):
+    flows = {f["id"]: f["name"] for f in api(prefect_server, "/flows/filter", {})}
+    deployments = {f"{flows[d['flow_id']]}/{d['name']}": d
+                   for d in api(prefect_server, "/deployments/filter", {})}
+    assert {"crypto-pipeline/default", "quora-pipeline/default", "kinetics-pipeline/default",
+            "nightly-retrain/nightly"} <= set(deployments)
+    nightly = deployments["nightly-retrain/nightly"]
+    schedule = nightly["schedules"][0]["schedule"]
+    assert schedule["cron"] == "0 2 * * *" and schedule["timezone"] == "Europe/Paris"
+    assert nightly["work_pool_name"] == deployed[1]["REPROLAB_POOL"]
+    assert nightly["pull_steps"][0]["prefect.deployments.steps.set_working_directory"] == {
+        "directory": str(deployed[0])}
+
+
+def test_nightly_promotes_a_champion_then_a_night_without_new_data_changes_nothing(
+        deployed, prefect_server):
+    repo, env = deployed
+    first, summary = night(repo, env, prefect_server, ["crypto"])
+    assert first["state_type"] == "COMPLETED", first["state"]
+    row = summary["pipelines"][0]
+    assert row["verdict"]["promoted"] and "crypto_train" in row["stages_run"]
+    [version] = versions(repo, "crypto-next-move")
+    champion = registry(repo).get_model_version_by_alias("crypto-next-move", "champion")
+    assert champion.version == version.version
+    assert version.tags["decision"].startswith("promoted")
+    assert dvc_clean(repo, env, "crypto_evaluate")
+    assert (repo / ".dvcstore").is_dir() and summary["pushed"] > 0
+    artifacts = api(prefect_server, "/artifacts/filter",
+                    {"artifacts": {"key": {"any_": ["nightly-retrain"]}}})
+    assert any(a["flow_run_id"] == first["id"] and "| crypto |" in a["data"] for a in artifacts)
+
+    second, summary = night(repo, env, prefect_server, ["crypto"])
+    assert second["state_type"] == "COMPLETED", second["state"]
+    row = summary["pipelines"][0]
+    assert row["data"]["changed"] is False and row["stages_run"] == []
+    assert row["verdict"]["promoted"] is False and row["verdict"]["challenger"] is None
+    assert len(versions(repo, "crypto-next-move")) == 1
+    assert dvc_clean(repo, env, "crypto_evaluate")
+
+
+def test_a_failing_stage_fails_the_night_naming_it_and_the_next_night_resumes_there(
+        deployed, prefect_server):
+    repo, env = deployed
+    failed, summary = night(repo, env, prefect_server, ["quora"])
+    assert failed["state_type"] == "FAILED"
+    assert "quora_embed" in failed["state"]["message"], failed["state"]["message"]
+    assert "quora_embed" in summary["pipelines"][0]["error"]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert "quora_clean" in lock and "quora_embed" not in lock  # done stages are recorded
+
+    write_vectors(repo / VECTORS, readable=True)
+    resumed, summary = night(repo, env, prefect_server, ["quora"])
+    assert resumed["state_type"] == "COMPLETED", resumed["state"]
+    row = summary["pipelines"][0]
+    assert row["stages_run"][0] == "quora_embed" and "quora_clean" not in row["stages_run"]
+    assert row["verdict"]["promoted"]
+    assert registry(repo).get_model_version_by_alias("quora-duplicates", "champion")
+    assert dvc_clean(repo, env, "quora_evaluate")
+
