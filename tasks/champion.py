@@ -65,7 +65,7 @@ def judge(mlflow_client: Any, model: str, score: Score, margin: float) -> Verdic
     """Judge the newest unjudged version of `model` against the champion; promote or not."""
     challenger = newest_version(mlflow_client, model)
     champion = champion_version(mlflow_client, model)
-    old_version = champion.version if champion else None
+    old_version = str(champion.version) if champion else None
     if challenger is None:
         return Verdict(model, None, old_version, False, "no registered model version")
     if "decision" in challenger.tags:
@@ -73,8 +73,9 @@ def judge(mlflow_client: Any, model: str, score: Score, margin: float) -> Verdic
                        f"no new model version (v{challenger.version} was judged already: "
                        f"{challenger.tags['decision']})")
     promoted, reason, old = decide(champion, score, margin)
-    verdict = Verdict(model, challenger.version, old_version, promoted, reason, score.value, old)
-    record(mlflow_client, model, challenger.version, score, verdict)
+    version = str(challenger.version)
+    verdict = Verdict(model, version, old_version, promoted, reason, score.value, old)
+    record(mlflow_client, model, version, score, verdict)
     return verdict
 
 
