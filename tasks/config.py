@@ -26,7 +26,9 @@ class Section(BaseModel):
 # ---------------------------------------------------------------- common
 class MlflowSettings(Section):
     tracking_uri: str = "sqlite:///mlflow.db"
-    artifact_dir: str = "mlartifacts"
+    artifact_dir: str | None = Field("mlartifacts", description=(
+        "local directory or URI (s3://...) for new experiments' artifacts; None = the "
+        "tracking server's default"))
     experiment_prefix: str = "reprolab"
     register_models: bool = True
 

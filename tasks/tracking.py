@@ -52,8 +52,18 @@ def _experiment_id(common: CommonSettings, pipeline: str) -> str:
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    artifacts = Path(common.mlflow.artifact_dir).resolve() / pipeline
-    return mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
+    return mlflow.create_experiment(name, artifact_location=artifact_location(
+        common.mlflow.artifact_dir, pipeline))
+
+
+def artifact_location(artifact_dir: str | None, pipeline: str) -> str | None:
+    """Where a new experiment keeps its artifacts: a local directory (made absolute), a URI
+    (s3://bucket/prefix, gs://...), or None to let a tracking server use its own default."""
+    if artifact_dir is None:
+        return None
+    if "://" in artifact_dir:
+        return f"{artifact_dir.rstrip('/')}/{pipeline}"
+    return (Path(artifact_dir).resolve() / pipeline).as_uri()
 
 
 @contextmanager
