@@ -146,6 +146,8 @@ class TrainSettings(Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(4, ge=1)
+    diagnostics_every: int | None = Field(None, ge=1, description=(
+        "opt-in gradient diagnostics (shattering, co-activation) every N optimiser steps"))
 
 
 class CryptoEvaluate(Section):
@@ -275,6 +277,8 @@ class QuoraModel(Section):
 class QuoraEvaluate(Section):
     bootstrap: int = Field(500, ge=10)
     table: bool = Field(True, description="train the note's configurations side by side")
+    reference_error: float | None = Field(0.10, ge=0, lt=1, description=(
+        "human-level or best-known error, for avoidable bias (QQP: ~0.10, large transformers)"))
 
 
 class QuoraSettings(Section):
@@ -346,6 +350,8 @@ class KineticsDemo(Section):
 
 class KineticsDataset(Section):
     frames: int = Field(8, ge=1, description="K frames per clip")
+    train_dev_fraction: float = Field(0.05, ge=0, lt=0.5, description=(
+        "of each class's training clips, held out of training (train-dev error)"))
     sampling: Literal["uniform", "random_stride"] = "uniform"
     test_clips: int = Field(3, ge=1)
     test_crops: Literal[1, 3] = Field(1, description="1 = centre crop; 3 = left/centre/right")
@@ -402,6 +408,8 @@ class KineticsTrain(TrainSettings):
 class KineticsEvaluate(Section):
     ablation_dilation: bool = Field(True, description="also train a fixed-dilation BesNet")
     bootstrap: int = Field(1000, ge=10)
+    reference_error: float | None = Field(None, ge=0, lt=1, description=(
+        "human-level or best-known Top-1 error, for avoidable bias (null: 0)"))
 
 
 class KineticsSettings(Section):

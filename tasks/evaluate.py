@@ -278,6 +278,49 @@ def mean_ci(values: np.ndarray, *, n_resamples: int, seed: int, alpha: float = 0
     return {"mean": float(values.mean()), "low": float(low), "high": float(high)}
 
 
+# ---------------------------------------------------------------- bias / variance / mismatch
+NEXT_STEPS = {
+    "avoidable_bias": "reduce bias: a bigger model, longer training, a better optimiser or "
+                      "architecture",
+    "variance": "reduce variance: more training data, regularisation (dropout, weight decay, "
+                "augmentation), or a smaller model",
+    "data_mismatch": "reduce data mismatch: make training data look like dev/test (collect or "
+                     "synthesise it, or train on some of the target distribution)",
+    "dev_overfitting": "the dev set is overfit by tuning: get a bigger dev set",
+}
+
+
+def error_analysis(errors: Mapping[str, float], reference_error: float | None) -> dict:
+    """'Structuring ML projects': from train, train-dev, dev and test error, the avoidable bias
+    (train error above the human-level or best-known error; 0 when none is configured),
+    variance (train-dev - train), data mismatch (dev - train-dev), dev overfitting (test - dev),
+    the largest of them and the next step it calls for. Without a train-dev error, variance is
+    dev - train and mismatch cannot be told apart from it (None)."""
+    missing = [name for name in ("train", "dev", "test") if name not in errors]
+    if missing:
+        raise DataError(f"error analysis needs {missing} errors", field="errors")
+    train, dev, test = (float(errors[k]) for k in ("train", "dev", "test"))
+    train_dev = errors.get("train_dev")
+    reference = 0.0 if reference_error is None else float(reference_error)
+    gaps = {"avoidable_bias": train - reference,
+            "variance": (dev if train_dev is None else float(train_dev)) - train,
+            "data_mismatch": None if train_dev is None else dev - float(train_dev),
+            "dev_overfitting": test - dev}
+    largest = max((k for k, v in gaps.items() if v is not None), key=lambda k: gaps[k])
+    return {"errors": {k: float(v) for k, v in errors.items()},
+            "reference_error": reference,
+            "reference": "none configured (0)" if reference_error is None else "configured",
+            **gaps, "largest": largest, "next_step": NEXT_STEPS[largest]}
+
+
+def diagnosis_line(diagnosis: Mapping) -> str:
+    """One log line: the errors, the gaps, the largest and what to do next."""
+    errors = " / ".join(f"{k} {v:.3f}" for k, v in diagnosis["errors"].items())
+    gaps = ", ".join(f"{k.replace('_', ' ')} {diagnosis[k]:+.3f}" for k in NEXT_STEPS
+                     if diagnosis[k] is not None)
+    return f"errors {errors}; {gaps}; largest: {diagnosis['largest']} -> {diagnosis['next_step']}"
+
+
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict:
     """{"top1": ..., "top5": ...}: share of samples whose label is among the k highest scores.
 

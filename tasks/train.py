@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from tasks import distributed
+from tasks.diagnostics import GradientDiagnostics
 from tasks.errors import ConfigError, DataError, ReproLabError
 from tasks.logs import get_logger
 from tasks.storage import atomic_path
@@ -91,6 +92,7 @@ class FitConfig:
     grad_accum: int = 1
     max_grad_norm: float | None = None
     momentum: float = 0.9  # SGD only
+    diagnostics_every: int | None = None  # tasks/diagnostics.py, every N optimiser steps
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -99,6 +101,7 @@ class FitConfig:
             "optimizer": self.optimizer in ("adamw", "sgd"),
             "warmup_epochs": 0 <= self.warmup_epochs, "grad_accum": self.grad_accum >= 1,
             "max_grad_norm": self.max_grad_norm is None or self.max_grad_norm > 0,
+            "diagnostics_every": self.diagnostics_every is None or self.diagnostics_every >= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -122,6 +125,7 @@ class FitResult:
     best_epoch: int = 0
     best_val_loss: float = math.inf
     stopped_early: bool = False
+    diagnostics: list[dict[str, float]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- small pieces of the loop
@@ -303,6 +307,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
         if main:
             log.info("resuming from %s at epoch %d", checkpoint_path, start_epoch)
 
+    diagnostics = _diagnostics(config, val_loader, device) if main else None
     n_batches = len(train_loader)
     for epoch in range(start_epoch, config.epochs + 1):
         if stopped_early:
@@ -336,6 +341,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                if diagnostics is not None:
+                    diagnostics(scheduler.last_epoch, model)
         if n_ranks > 1:
             distributed.broadcast_buffers(model)  # BatchNorm statistics: rank 0's everywhere
 
@@ -377,8 +384,22 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
     if best_state is None:
         raise ReproLabError("training diverged: the validation loss was never finite")
     model.load_state_dict(best_state)
+    if diagnostics is not None:
+        diagnostics.finish()
     return FitResult(model=model, history=history, best_epoch=best_epoch,
-                     best_val_loss=best_val, stopped_early=stopped_early)
+                     best_val_loss=best_val, stopped_early=stopped_early,
+                     diagnostics=diagnostics.history if diagnostics is not None else [])
+
+
+def _diagnostics(config: FitConfig, val_loader: DataLoader, device: torch.device
+                 ) -> GradientDiagnostics | None:
+    """The opt-in gradient diagnostics, probing the first validation batch (reading it draws
+    nothing from the training RNG, so the run trains exactly as without diagnostics)."""
+    if config.diagnostics_every is None:
+        return None
+    with torch.random.fork_rng(devices=[]):
+        inputs, _ = _split_batch(next(iter(val_loader)), device)
+    return GradientDiagnostics(config.diagnostics_every, inputs)
 
 
 def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:

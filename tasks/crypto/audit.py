@@ -31,7 +31,9 @@ def _fit_and_score(settings: CryptoSettings, matrix: np.ndarray, target: np.ndar
     window = settings.split.window
     data = {k: (windows(matrix, v, window), target[v]) for k, v in segments.items()}
     model_cfg = settings.model.model_copy(update={"kind": settings.leak_audit.model})
-    result = train_classifier(model_cfg, settings.train, data, seed, device)
+    # the audit's own fits stay out of the run's gradient diagnostics
+    train_cfg = settings.train.model_copy(update={"diagnostics_every": None})
+    result = train_classifier(model_cfg, train_cfg, data, seed, device)
     prob = predict_proba(result.model, data["test"][0], device)
     y_test = data["test"][1]
     majority = float(max(y_test.mean(), 1 - y_test.mean()))

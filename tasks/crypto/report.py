@@ -5,12 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import torch
 from prefect import task
 
 from tasks import tracking
 from tasks.config import CommonSettings, CryptoSettings
 from tasks.crypto.backtest import backtest_long_flat, buy_and_hold, plot_equity
+from tasks.crypto.modeling import predict_proba
+from tasks.crypto.prepare import load_segments
 from tasks.crypto.timeframes import bars_per_year
+from tasks.crypto.training import segment_data
 from tasks.evaluate import (
     binary_metrics,
     choose_threshold,
@@ -61,6 +65,18 @@ def _plot_leak_audit(audit: dict, dest: Path) -> Path:
 
 
 @task(name="crypto-evaluate")
+def rescore(model: torch.nn.Module, settings: CryptoSettings, split_dir: Path,
+            device: torch.device) -> float:
+    """test.accuracy of any trained model on this split, scored as evaluate_models scores the
+    model it trained (threshold chosen on val): how the nightly run compares a champion trained
+    on older candles with tonight's challenger on tonight's test data."""
+    inputs, samples, _ = load_segments(split_dir)
+    data = segment_data(inputs, samples, settings.split.window)
+    prob = {name: predict_proba(model, data[name][0], device) for name in ("val", "test")}
+    threshold = choose_threshold(data["val"][1], prob["val"])
+    return binary_metrics(data["test"][1], prob["test"], threshold)["accuracy"]
+
+
 def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir: Path,
                     artifacts: Path, metrics_path: Path, plots: Path) -> dict:
     """Write metrics/crypto.json and plots/crypto/*.png; log both to the training MLflow run."""

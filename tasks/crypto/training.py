@@ -26,7 +26,7 @@ from tasks.storage import read_parquet, write_json, write_parquet
 REGISTERED_MODEL = "crypto-next-move"
 
 
-def _segment_data(inputs: np.ndarray, samples: pd.DataFrame, window: int) -> dict[str, tuple]:
+def segment_data(inputs: np.ndarray, samples: pd.DataFrame, window: int) -> dict[str, tuple]:
     data = {}
     for name, part in samples.groupby("segment", sort=False):
         pos = part["position"].to_numpy()
@@ -65,7 +65,7 @@ def train_models(settings: CryptoSettings, common: CommonSettings, features_path
     features = read_parquet(features_path)
     inputs, samples, split_report = load_segments(split_dir)
     window, seed = settings.split.window, common.seed
-    data = _segment_data(inputs, samples, window)
+    data = segment_data(inputs, samples, window)
     close = features["close"].to_numpy()
     params = {**flat_params(settings, "crypto."), "common.seed": seed, "device": str(device)}
     with tracking.run(common, "crypto", "crypto-train", params=params,

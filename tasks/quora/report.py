@@ -12,6 +12,8 @@ from tasks.config import CommonSettings, QuoraSettings
 from tasks.evaluate import (
     binary_metrics,
     choose_threshold,
+    diagnosis_line,
+    error_analysis,
     majority_baseline,
     metrics_with_ci,
     plot_confusion,
@@ -58,6 +60,7 @@ def evaluate_models(settings: QuoraSettings, common: CommonSettings, artifacts: 
                       **{k: row[k] for k in ("accuracy", "accuracy_ci", "f1", "roc_auc",
                                               "log_loss", "threshold")}})
     metrics = {"config": main["name"], "test": scored["test"], "errors": scored["errors"],
+               "diagnosis": error_analysis(scored["errors"], settings.evaluate.reference_error),
                "baselines": {"majority": majority_baseline(y_train, y_test)}, "table": table}
     plots.mkdir(parents=True, exist_ok=True)
     prob = test[main["column"]].to_numpy()
@@ -71,6 +74,7 @@ def evaluate_models(settings: QuoraSettings, common: CommonSettings, artifacts: 
     log.info("%s: test accuracy %.3f [%.3f, %.3f], F1 %.3f, ROC-AUC %.3f; majority %.3f",
              main["name"], t["accuracy"], t["accuracy_ci"]["low"], t["accuracy_ci"]["high"],
              t["f1"], t["roc_auc"], metrics["baselines"]["majority"]["accuracy"])
+    log.info("%s", diagnosis_line(metrics["diagnosis"]))
     for row in table:
         log.info("  %-32s accuracy %.3f  F1 %.3f  AUC %.3f", row["config"], row["accuracy"],
                  row["f1"], row["roc_auc"])

@@ -1,6 +1,7 @@
 """kinetics_evaluate: every trained model on the test clips with multi-view testing (clips x crops,
 softmax averaged), Top-1/Top-5 with bootstrap intervals, per-class accuracy, confusion plots, the
-random-vs-fixed dilation ablation as a paired difference; BesNet registered in MLflow."""
+random-vs-fixed dilation ablation as a paired difference, BesNet's train / train-dev / dev /
+test error breakdown; BesNet registered in MLflow."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,12 +9,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from models.layers import ViewAverage
 from tasks import tracking
 from tasks.config import CommonSettings, KineticsSettings
 from tasks.errors import DataError
 from tasks.evaluate import (
+    diagnosis_line,
+    error_analysis,
     mean_ci,
     per_class_accuracy,
     plot_confusion,
@@ -27,6 +31,7 @@ from tasks.video.training import (
     MODEL_FILE,
     REGISTERED_MODEL,
     SUMMARY_FILE,
+    ClipSplits,
     clip_loader,
     fresh_model,
     split_index,
@@ -74,13 +79,31 @@ def _ablation(correct: dict[str, np.ndarray], seed: int, n_resamples: int) -> di
             "significant": bool(diff["low"] > 0 or diff["high"] < 0)}
 
 
+def split_errors(model: nn.Module, splits: ClipSplits, settings: KineticsSettings, seed: int,
+                 device: torch.device) -> dict[str, float]:
+    """Top-1 error (test views averaged, as for test) on a sample of the training clips as
+    large as the test set, on train-dev (if any) and on val (the dev set)."""
+    n_train = min(len(splits.train), max(len(splits.test), len(splits.train_dev)))
+    frames = {"train": splits.train.sample(n=n_train, random_state=seed),
+              "train_dev": splits.train_dev, "dev": splits.val}
+    errors = {}
+    for name, frame in frames.items():
+        if frame.empty:
+            continue
+        log_probs = predict(ViewAverage(model), clip_loader(frame, settings, seed, train=False),
+                            device)
+        errors[name] = float(np.mean(log_probs.argmax(axis=1) != frame["class_index"].to_numpy()))
+    return errors
+
+
 def evaluate_models(settings: KineticsSettings, common: CommonSettings, index_path: Path,
                     classes_path: Path, artifacts: Path, metrics_path: Path, plots: Path,
                     device: torch.device) -> dict:
     """Score every model kinetics_train / kinetics_baseline wrote; metrics JSON, plots, MLflow."""
     log = get_logger()
     classes = read_json(classes_path)
-    splits = split_index(read_parquet(index_path), common.seed)
+    splits = split_index(read_parquet(index_path), common.seed,
+                         settings.dataset.train_dev_fraction)
     labels = splits.test["class_index"].to_numpy()
     loader = clip_loader(splits.test, settings, common.seed, train=False)
     names = [n for n in MODELS if (artifacts / n / MODEL_FILE).exists()]
@@ -107,13 +130,19 @@ def evaluate_models(settings: KineticsSettings, common: CommonSettings, index_pa
                  metrics["views"])
     if "besnet_fixed" in correct:
         metrics["ablation"] = {"dilation": _ablation(correct, common.seed, n_boot)}
+    errors = split_errors(load_trained("besnet", settings, len(classes), artifacts), splits,
+                          settings, common.seed, device)
+    errors["test"] = 1 - metrics["test"]["top1"]
+    metrics["diagnosis"] = error_analysis(errors, settings.evaluate.reference_error)
+    log.info("besnet: %s", diagnosis_line(metrics["diagnosis"]))
     write_json(metrics, metrics_path)
     trained = read_json(artifacts / "besnet" / SUMMARY_FILE)
     with tracking.run(common, "kinetics", "kinetics-evaluate", run_id=trained["mlflow_run_id"]):
         # per-class accuracies stay in the JSON: class names are not valid MLflow metric keys
         tracking.log_metrics({k: {m: x for m, x in v.items() if m != "per_class"}
                               for k, v in metrics.items()
-                              if k in ("test", "baseline", "ablation", "besnet_fixed")})
+                              if k in ("test", "baseline", "ablation", "besnet_fixed",
+                                       "diagnosis")})
         tracking.log_artifacts(plots, artifact_path="plots")
         tracking.log_artifacts(metrics_path)
         registered = REGISTERED_MODEL if common.mlflow.register_models else None

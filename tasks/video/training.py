@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -74,17 +75,35 @@ def load_imagenet(model: nn.Module, path: str) -> None:
 # ================================================================== data
 @dataclass(frozen=True)
 class ClipSplits:
-    """The index split three ways; `test_name` says which split the test numbers come from."""
+    """The index split four ways; `test_name` says which split the test numbers come from.
+    train_dev: training-distribution clips held out of training (for the variance estimate)."""
 
     train: pd.DataFrame
     val: pd.DataFrame
     test: pd.DataFrame
     test_name: str
+    train_dev: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def split_index(index: pd.DataFrame, seed: int) -> ClipSplits:
+def hold_out(frame: pd.DataFrame, fraction: float, seed: int
+             ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(kept, held): `fraction` of each class's rows held out (seeded), at least one per class
+    with two or more rows, none when fraction is 0."""
+    if fraction <= 0 or frame.empty:
+        return frame.reset_index(drop=True), frame.iloc[0:0].reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    held = []
+    for _, rows in frame.groupby("class_index", sort=True):
+        n = min(len(rows) - 1, max(1, round(fraction * len(rows))))
+        held.extend(rng.choice(rows.index.to_numpy(), size=n, replace=False).tolist() if n else [])
+    return (frame.drop(index=held).reset_index(drop=True),
+            frame.loc[sorted(held)].reset_index(drop=True))
+
+
+def split_index(index: pd.DataFrame, seed: int, train_dev_fraction: float = 0.0) -> ClipSplits:
     """train / val / test from the index's `split`; without val, 10% of train per class (seeded);
-    without test (Kinetics' test labels are not public everywhere), the val split is reported."""
+    without test (Kinetics' test labels are not public everywhere), the val split is reported;
+    then `train_dev_fraction` of each class's training clips is held out as train-dev."""
     unknown = set(index["split"]) - set(SPLITS)
     if unknown:
         raise DataError(f"unknown split names {sorted(unknown)}", field="split")
@@ -92,12 +111,10 @@ def split_index(index: pd.DataFrame, seed: int) -> ClipSplits:
     if parts["train"].empty:
         raise DataError("the index has no training clips", field="split")
     if parts["val"].empty:
-        held = parts["train"].groupby("class_index", group_keys=False).sample(
-            frac=0.1, random_state=seed)
-        parts["val"] = held.reset_index(drop=True)
-        parts["train"] = parts["train"].drop(held.index).reset_index(drop=True)
+        parts["train"], parts["val"] = hold_out(parts["train"], 0.1, seed)
+    train, train_dev = hold_out(parts["train"], train_dev_fraction, seed + 1)
     test_name = "test" if not parts["test"].empty else "val"
-    return ClipSplits(parts["train"], parts["val"], parts[test_name], test_name)
+    return ClipSplits(train, parts["val"], parts[test_name], test_name, train_dev)
 
 
 def clip_loader(frame: pd.DataFrame, settings: KineticsSettings, seed: int, train: bool,
@@ -185,12 +202,12 @@ def train_models(names: list[str], settings: KineticsSettings, common: CommonSet
     model.pt and train.json; one MLflow parent run for the stage, a nested run per model."""
     index = read_parquet(index_path)
     classes = read_json(classes_path)
-    splits = split_index(index, common.seed)
+    splits = split_index(index, common.seed, settings.dataset.train_dev_fraction)
     sha = index_digest(index_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"models": {}, "splits": {
-        "train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
-        "test_split": splits.test_name}}
+        "train": len(splits.train), "train_dev": len(splits.train_dev), "val": len(splits.val),
+        "test": len(splits.test), "test_split": splits.test_name}}
     params = {**flat_params(settings, "kinetics."), "common.seed": common.seed}
     with tracking.run(common, "kinetics", stage, params=params, tags={"stage": stage},
                       enabled=distributed.is_main()) as parent:

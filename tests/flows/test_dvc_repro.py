@@ -19,8 +19,10 @@ STAGES = ["crypto_ingest", "crypto_features", "crypto_split", "crypto_train", "c
           "kinetics_baseline", "kinetics_evaluate"]
 KINETICS_KEYS = ["test.top1", "test.top5", "test.top1_ci.low", "baseline.top1",
                  "ablation.dilation.random", "ablation.dilation.fixed",
-                 "ablation.dilation.difference_ci.high"]
+                 "ablation.dilation.difference_ci.high", "diagnosis.variance",
+                 "diagnosis.dev_overfitting"]
 QUORA_KEYS = ["test.accuracy", "test.accuracy_ci.low", "test.f1", "test.roc_auc",
+              "diagnosis.avoidable_bias", "diagnosis.variance", "diagnosis.data_mismatch",
               "baselines.majority.accuracy"]
 CRYPTO_KEYS = ["test.accuracy", "test.accuracy_ci.low", "test.accuracy_ci.high", "baselines.majority.accuracy",
                "baselines.persistence.accuracy", "leak_audit.leaky.accuracy",

@@ -6,14 +6,17 @@ import subprocess
 from pathlib import Path
 
 import mlflow
+import mlflow.pytorch
 import pytest
+import torch
 import yaml
 
 from flows.nightly import consumed, data_change, markdown
 from tasks import champion
 from tasks.champion import Score
-from tasks.config import save_overrides
+from tasks.config import load_params, save_overrides
 from tasks.crypto.candles import demo_candles
+from tasks.crypto.report import rescore
 from tasks.errors import ConfigError
 from tests.conftest import VENV_BIN
 from tests.flows.repo_copy import SMALL, copy_repo, merge, run
@@ -33,8 +36,9 @@ def new_version(client) -> str:
 
 
 def judge(client, value: float, data: str = "split:aaa", baseline: float = 0.5,
-          margin: float = 0.01) -> champion.Verdict:
-    return champion.judge(client, MODEL, Score("test.accuracy", value, data, baseline), margin)
+          margin: float = 0.01, rescore=None) -> champion.Verdict:
+    return champion.judge(client, MODEL, Score("test.accuracy", value, data, baseline), margin,
+                          rescore)
 
 
 def champion_of(client) -> str:
@@ -75,6 +79,25 @@ def test_when_the_test_data_changed_the_challenger_must_beat_the_naive_baseline(
     verdict = judge(registry, value, data="split:bbb", baseline=0.50)
     assert verdict.promoted is promoted and verdict.old is None
     assert "not comparable" in verdict.reason and "naive baseline" in verdict.reason
+
+
+@pytest.mark.parametrize(("value", "promoted"), [(0.60, True), (0.58, False)])
+def test_a_champion_scored_on_older_data_is_rescored_on_tonights(registry, value, promoted):
+    first = new_version(registry)
+    judge(registry, 0.70)  # a score on the old test data: not comparable any more
+    second = new_version(registry)
+    rescored = []
+
+    def rescore(version: str) -> float:
+        rescored.append(version)
+        return 0.585
+    verdict = judge(registry, value, data="split:bbb", rescore=rescore)
+    assert rescored == [first] and verdict.old == 0.585
+    assert verdict.promoted is promoted and "re-scored on tonight's test data" in verdict.reason
+    assert champion_of(registry) == (second if promoted else first)
+    if not promoted:  # the kept champion now carries its score on tonight's data
+        tags = registry.get_model_version(MODEL, first).tags
+        assert tags["test_data"] == "split:bbb" and float(tags["test_value"]) == 0.585
 
 
 def test_no_registered_version_is_no_verdict(tmp_path):
@@ -150,7 +173,15 @@ def test_a_night_with_new_candles_retrains_and_judges_on_the_new_test_data(
     assert "crypto_train" in second["stages_run"]
     verdict = second["verdict"]
     assert verdict["challenger"] == "2" and verdict["champion"] == "1"
-    assert "test data changed" in verdict["reason"]  # the test window moved with the data
+    # the test window moved with the data, so v1 was re-scored on it the way evaluate scores
+    assert "re-scored on tonight's test data" in verdict["reason"]
+    metrics = json.loads((repo / "metrics/crypto.json").read_text())
+    assert verdict["new"] == metrics["test"]["accuracy"]
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
+    v2 = mlflow.pytorch.load_model("models:/crypto-next-move/2")
+    params = load_params(repo / "params.yaml")
+    assert rescore(v2, params.crypto, repo / "data/crypto/splits", torch.device("cpu")) == (
+        pytest.approx(metrics["test"]["accuracy"]))  # the rescoring reproduces evaluate's score
     status = subprocess.run([str(VENV_BIN / "dvc"), "status", "--json", "--with-deps",
                              "crypto_evaluate"], cwd=repo, env=env, capture_output=True,
                             text=True, check=True)

@@ -159,6 +159,31 @@ def test_selu_model_has_lecun_init_alpha_dropout_and_no_batchnorm(kind):
     assert checked >= 2
 
 
+def _selu_stack(init, depth: int = 50, width: int = 256) -> list[tuple[float, float]]:
+    """(mean, variance) of the activations after each of `depth` SELU layers, inputs N(0, 1)."""
+    torch.manual_seed(0)
+    h, moments = torch.randn(4096, width), []
+    with torch.no_grad():
+        for _ in range(depth):
+            layer = nn.Linear(width, width)
+            init(layer)
+            h = nn.functional.selu(layer(h))
+            moments.append((h.mean().item(), h.var().item()))
+    return moments
+
+
+def test_selu_with_lecun_normal_init_stays_self_normalised_through_depth():
+    for mean, var in _selu_stack(lecun_normal_):  # every one of the 50 layers
+        assert abs(mean) < 0.1 and abs(var - 1) < 0.15
+    # PyTorch's default init (std 1/sqrt(3 fan_in)) lets the variance collapse with depth...
+    default = _selu_stack(lambda layer: layer.reset_parameters())
+    assert default[-1][1] < 0.05 and default[-1][1] < default[9][1] < default[0][1]
+    # ...and a too-wide init (std 2/sqrt(fan_in)) lets it run away from 1
+    wide = _selu_stack(lambda layer: (nn.init.normal_(layer.weight, std=2 / 16),
+                                      nn.init.zeros_(layer.bias)))
+    assert wide[-1][1] > 1.5
+
+
 def test_relu_model_keeps_default_init_and_uses_batchnorm():
     torch.manual_seed(0)
     model = _build("tcn")

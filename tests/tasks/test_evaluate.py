@@ -12,6 +12,8 @@ from tasks.evaluate import (
     bootstrap_ci,
     choose_threshold,
     default_block_length,
+    diagnosis_line,
+    error_analysis,
     majority_baseline,
     metrics_with_ci,
     per_class_accuracy,
@@ -236,3 +238,32 @@ def test_plots_write_png_files(tmp_path):
         assert _is_png(path)
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
         "confusion.png", "roc.png", "roc1.png"]
+
+
+# ---------------------------------------------------------------- bias / variance / mismatch
+@pytest.mark.parametrize(("errors", "reference", "largest"), [
+    ({"train": 0.15, "train_dev": 0.16, "dev": 0.17, "test": 0.17}, 0.05, "avoidable_bias"),
+    ({"train": 0.06, "train_dev": 0.15, "dev": 0.16, "test": 0.16}, 0.05, "variance"),
+    ({"train": 0.06, "train_dev": 0.07, "dev": 0.15, "test": 0.16}, 0.05, "data_mismatch"),
+    ({"train": 0.06, "train_dev": 0.07, "dev": 0.08, "test": 0.15}, 0.05, "dev_overfitting"),
+])
+def test_error_analysis_names_the_largest_gap_and_its_next_step(errors, reference, largest):
+    got = error_analysis(errors, reference)
+    assert got["largest"] == largest
+    assert got["avoidable_bias"] == pytest.approx(errors["train"] - reference)
+    assert got["variance"] == pytest.approx(errors["train_dev"] - errors["train"])
+    assert got["data_mismatch"] == pytest.approx(errors["dev"] - errors["train_dev"])
+    assert got["dev_overfitting"] == pytest.approx(errors["test"] - errors["dev"])
+    words = {"avoidable_bias": "bigger model", "variance": "more training data",
+             "data_mismatch": "training data look like dev/test", "dev_overfitting": "bigger dev"}
+    assert words[largest] in got["next_step"]
+    assert largest.split("_")[0] in diagnosis_line(got)
+
+
+def test_error_analysis_without_train_dev_or_reference():
+    got = error_analysis({"train": 0.1, "dev": 0.3, "test": 0.31}, None)
+    assert got["reference_error"] == 0.0 and got["reference"].startswith("none")
+    assert got["variance"] == pytest.approx(0.2) and got["data_mismatch"] is None
+    assert got["largest"] == "variance"
+    with pytest.raises(DataError, match="dev"):
+        error_analysis({"train": 0.1, "test": 0.2}, 0.0)

@@ -49,6 +49,17 @@ def test_without_val_a_seeded_tenth_of_each_class_is_held_out_and_val_stands_in_
     assert a.test_name == "val" and a.test["clip_id"].tolist() == a.val["clip_id"].tolist()
 
 
+def test_train_dev_is_held_out_of_each_class_of_train_seeded_and_disjoint():
+    index = _index({"train": 20, "val": 2, "test": 2})
+    a, b = (split_index(index, seed=3, train_dev_fraction=0.1) for _ in range(2))
+    assert sorted(a.train_dev["class_index"]) == [0, 0, 1, 1, 2, 2]
+    assert len(a.train) == 54 and set(a.train["clip_id"]).isdisjoint(a.train_dev["clip_id"])
+    assert a.train_dev["clip_id"].tolist() == b.train_dev["clip_id"].tolist()
+    tiny = split_index(_index({"train": 3, "val": 1}), seed=0, train_dev_fraction=0.05)
+    assert len(tiny.train_dev) == 3  # at least one clip of each class
+    assert split_index(index, seed=3).train_dev.empty  # fraction 0: no train-dev
+
+
 def test_unknown_split_names_and_no_training_clips_are_errors():
     with pytest.raises(DataError, match="validate"):
         split_index(_index({"train": 2, "validate": 1}), seed=0)
