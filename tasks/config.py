@@ -112,6 +112,9 @@ class CryptoSplit(Section):
     val_fraction: float = Field(0.15, gt=0)
     test_fraction: float = Field(0.15, gt=0)
     embargo: int = Field(24, ge=0, description="extra bars dropped after each boundary")
+    train_dev_fraction: float = Field(0.1, ge=0, lt=0.5, description=(
+        "of the training samples, held out in purged runs across the training period"))
+    train_dev_blocks: int = Field(5, ge=1, description="how many train-dev runs")
     walk_forward: WalkForward = WalkForward()
 
     @field_validator("val_fraction", "test_fraction")
@@ -154,6 +157,8 @@ class CryptoEvaluate(Section):
     bootstrap: int = Field(500, ge=10)
     block_length: int | None = Field(None, ge=1, description="None = n ** (1/3)")
     fee_bps: float = Field(10.0, ge=0)
+    reference_error: float | None = Field(None, ge=0, lt=1, description=(
+        "best-known error of next-move direction, for avoidable bias (null: 0)"))
 
 
 class LeakAudit(Section):

@@ -18,7 +18,6 @@ from tasks.crypto.split import (
     Scaler,
     check_no_leak,
     chronological_split,
-    touched_bars,
     usable_positions,
     windows,
 )
@@ -64,8 +63,7 @@ def leak_audit(frame: pd.DataFrame, settings: CryptoSettings, seed: int,
     clean = labelled[feature_columns(labelled)].to_numpy(dtype=np.float64)
     positions = usable_positions(clean, target, window)
     segments = chronological_split(positions, settings.split, horizon)
-    first, last = touched_bars(segments["train"], window, 0)
-    scaler = Scaler.fit(clean[first: last + 1])
+    scaler = Scaler.fit_on_samples(clean, segments["train"], window)
     check_no_leak(segments, window, horizon, scaler=scaler, features=clean)
     leak_free = _fit_and_score(settings, scaler.transform(clean), target, segments, seed, device)
 

@@ -13,10 +13,11 @@ from tasks.crypto.features import add_labels, compute_features, feature_columns
 from tasks.crypto.ingest import exchange_label
 from tasks.crypto.split import (
     Scaler,
+    carve_train_dev,
     check_no_leak,
     chronological_split,
+    purge_gap,
     split_table,
-    touched_bars,
     usable_positions,
     walk_forward_folds,
 )
@@ -52,10 +53,13 @@ def build_splits(settings: CryptoSettings, features_path: Path, out_dir: Path) -
     cfg, horizon = settings.split, settings.label.horizon
     positions = usable_positions(matrix, frame["target"].to_numpy(), cfg.window)
     segments = chronological_split(positions, cfg, horizon)
-    first, last = touched_bars(segments["train"], cfg.window, 0)
-    scaler = Scaler.fit(matrix[first: last + 1])
+    segments["train"], segments["train_dev"] = carve_train_dev(
+        segments["train"], cfg.train_dev_fraction, cfg.train_dev_blocks,
+        purge_gap(cfg.window, horizon, cfg.embargo))
+    scaler = Scaler.fit_on_samples(matrix, segments["train"], cfg.window)
     leak = check_no_leak(segments, cfg.window, horizon, scaler=scaler, features=matrix)
-    folds = walk_forward_folds(np.concatenate([segments["train"], segments["val"]]),
+    folds = walk_forward_folds(np.concatenate([np.sort(np.concatenate(
+                                   [segments["train"], segments["train_dev"]])), segments["val"]]),
                                cfg.walk_forward.folds, cfg.walk_forward.mode, cfg, horizon)
     for i, fold in enumerate(folds):
         check_no_leak(fold, cfg.window, horizon)

@@ -19,6 +19,8 @@ from tasks.evaluate import (
     binary_metrics,
     choose_threshold,
     default_block_length,
+    diagnosis_line,
+    error_analysis,
     majority_baseline,
     metrics_with_ci,
     plot_confusion,
@@ -64,7 +66,6 @@ def _plot_leak_audit(audit: dict, dest: Path) -> Path:
     return save_figure(fig, dest)
 
 
-@task(name="crypto-evaluate")
 def rescore(model: torch.nn.Module, settings: CryptoSettings, split_dir: Path,
             device: torch.device) -> float:
     """test.accuracy of any trained model on this split, scored as evaluate_models scores the
@@ -77,6 +78,7 @@ def rescore(model: torch.nn.Module, settings: CryptoSettings, split_dir: Path,
     return binary_metrics(data["test"][1], prob["test"], threshold)["accuracy"]
 
 
+@task(name="crypto-evaluate")
 def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir: Path,
                     artifacts: Path, metrics_path: Path, plots: Path) -> dict:
     """Write metrics/crypto.json and plots/crypto/*.png; log both to the training MLflow run."""
@@ -115,8 +117,15 @@ def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir:
     backtest = {k: v for k, v in strategy.items() if k != "equity"}
     backtest.update({f"buy_and_hold_{k}": v for k, v in hold.items() if k != "equity"})
     backtest["fee_bps"] = cfg.fee_bps
+    errors = {name: 1 - binary_metrics(part["target"].to_numpy(), part["prob_model"].to_numpy(),
+                                       threshold)["accuracy"]
+              for name, part in preds.groupby("segment") if name != "backtest"}
+    errors["dev"] = errors.pop("val")
+    diagnosis = error_analysis(errors, cfg.reference_error)
+    get_logger().info("%s", diagnosis_line(diagnosis))
     metrics = {
         "test": test_metrics,
+        "diagnosis": diagnosis,
         "val": binary_metrics(val["target"].to_numpy(), val["prob_model"].to_numpy(), threshold),
         "baselines": baselines,
         "verdict": _verdict(test_metrics, baselines),

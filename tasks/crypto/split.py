@@ -29,6 +29,12 @@ class Scaler:
         std = np.nanstd(rows, axis=0)
         return cls(np.nanmean(rows, axis=0), np.where(std > 0, std, 1.0))
 
+    @classmethod
+    def fit_on_samples(cls, matrix: np.ndarray, positions: np.ndarray, window: int) -> Scaler:
+        """Fitted on exactly the rows these samples' input windows read (train only: held-out
+        train-dev runs inside the training period stay unseen)."""
+        return cls.fit(matrix[window_rows(positions, window, len(matrix))])
+
     def transform(self, rows: np.ndarray) -> np.ndarray:
         return ((rows - self.mean) / self.std).astype(np.float32)
 
@@ -38,6 +44,14 @@ class Scaler:
     @classmethod
     def from_dict(cls, data: dict) -> Scaler:
         return cls(np.asarray(data["mean"]), np.asarray(data["std"]))
+
+
+def window_rows(positions: np.ndarray, window: int, n_rows: int) -> np.ndarray:
+    """Boolean mask of the rows read by the input windows of samples at `positions`."""
+    diff = np.zeros(n_rows + 1, dtype=np.int64)
+    np.add.at(diff, np.maximum(positions - window + 1, 0), 1)
+    np.add.at(diff, positions + 1, -1)
+    return np.cumsum(diff[:-1]) > 0
 
 
 def usable_positions(features: np.ndarray, target: np.ndarray, window: int) -> np.ndarray:
@@ -68,6 +82,44 @@ def chronological_split(positions: np.ndarray, settings: CryptoSplit,
     val = positions[positions < test[0] - gap][-n_val:]
     train = positions[positions < val[0] - gap]
     return {"train": train, "val": val, "test": test}
+
+
+def carve_train_dev(train: np.ndarray, fraction: float, blocks: int, gap: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(train, train_dev): `blocks` contiguous runs holding `fraction` of the training samples,
+    one in the middle of each of `blocks` equal slots of the training period (the training
+    distribution, early to late), with `gap` samples purged on both sides of every run so that
+    no bar feeds both a training and a train-dev sample."""
+    if fraction <= 0:
+        return train, train[:0]
+    n = len(train)
+    size, slot = max(1, round(fraction * n / blocks)), n // blocks
+    margin = (slot - size) // 2
+    if margin < gap or n - blocks * (size + 2 * gap) < max(100, n // 10):
+        raise DataError(f"{n} training samples are too few for {blocks} train-dev runs of "
+                        f"{size} with purge gaps of {gap}", field="crypto.split.train_dev_fraction")
+    keep, held = np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
+    for b in range(blocks):
+        start = b * slot + margin
+        keep[start - gap: start + size + gap] = False
+        held[start: start + size] = True
+    return train[keep], train[held]
+
+
+def check_train_dev(train: np.ndarray, train_dev: np.ndarray, window: int, horizon: int) -> None:
+    """Raise LeakError if a training sample reads a bar (input or label) a train-dev one reads."""
+    if not len(train_dev):
+        return
+    runs = np.split(train_dev, np.flatnonzero(np.diff(train_dev) > 1) + 1)
+    starts = np.array([run[0] - window + 1 for run in runs])
+    ends = np.array([run[-1] + horizon for run in runs])
+    first, last = train - window + 1, train + horizon
+    # the last run starting at or before each training sample's last bar must end before its first
+    idx = np.searchsorted(starts, last, side="right") - 1
+    clash = (idx >= 0) & (ends[np.maximum(idx, 0)] >= first)
+    if clash.any():
+        raise LeakError(f"training sample at position {int(train[clash][0])} shares bars with a "
+                        "train-dev run: the purge around train-dev is missing")
 
 
 def walk_forward_folds(positions: np.ndarray, folds: int, mode: str, settings: CryptoSplit,
@@ -103,9 +155,10 @@ def check_no_leak(segments: dict[str, np.ndarray], window: int, horizon: int,
         if last_a >= first_b:
             raise LeakError(f"{earlier} reads bars up to {last_a} but {later} starts reading at "
                             f"bar {first_b}: windows/labels straddle the boundary")
+    if "train_dev" in segments:
+        check_train_dev(segments["train"], segments["train_dev"], window, horizon)
     if scaler is not None and features is not None:
-        first, last = touched_bars(segments["train"], window, 0)
-        expected = Scaler.fit(features[first: last + 1])
+        expected = Scaler.fit_on_samples(features, segments["train"], window)
         if not np.allclose(expected.mean, scaler.mean) or not np.allclose(expected.std, scaler.std):
             raise LeakError("scaler statistics differ from the training rows' own: it was fitted "
                             "on data outside the training segment")

@@ -78,7 +78,8 @@ def train_models(settings: CryptoSettings, common: CommonSettings, features_path
         horizon = settings.label.horizon
         frames = []
         bt_pos = _backtest_rows(inputs, features, data["test"][2], window)
-        rows = {**{k: v[2] for k, v in data.items() if k != "train"}, "backtest": bt_pos}
+        # every segment (train and train-dev too, for the error analysis) and the backtest bars
+        rows = {**{k: v[2] for k, v in data.items()}, "backtest": bt_pos}
         for name, pos in rows.items():
             x = windows(inputs, pos, window)
             past = close[pos] / close[np.maximum(pos - horizon, 0)] - 1

@@ -10,11 +10,15 @@ from tasks.crypto.candles import demo_candles
 from tasks.crypto.features import add_labels, compute_features, feature_columns
 from tasks.crypto.split import (
     Scaler,
+    carve_train_dev,
     check_no_leak,
+    check_train_dev,
     chronological_split,
+    purge_gap,
     touched_bars,
     usable_positions,
     walk_forward_folds,
+    window_rows,
     windows,
 )
 from tasks.errors import DataError, LeakError
@@ -123,3 +127,49 @@ def test_too_little_data_is_a_clear_error(candles):
     positions = usable_positions(matrix, frame["target"].to_numpy(), 24)
     with pytest.raises(DataError, match="too few"):
         chronological_split(positions, CryptoSplit(), 1)
+
+
+# ---------------------------------------------------------------- train-dev
+@pytest.mark.parametrize(("window", "horizon", "embargo"), [(24, 1, 5), (8, 12, 24)])
+def test_train_dev_runs_span_the_training_period_and_share_no_bar_with_train(
+        candles, window, horizon, embargo):
+    _, _, seg, _ = _segments(candles, window, horizon, embargo)
+    gap = purge_gap(window, horizon, embargo)
+    train, train_dev = carve_train_dev(seg["train"], 0.1, 4, gap)
+    assert len(train_dev) == 4 * round(0.1 * len(seg["train"]) / 4)
+    runs = np.split(train_dev, np.flatnonzero(np.diff(train_dev) > 1) + 1)
+    assert len(runs) == 4 and runs[0][0] < seg["train"][len(seg["train"]) // 4] < runs[-1][0]
+    assert set(train).isdisjoint(train_dev) and len(train) <= len(seg["train"]) - len(train_dev)
+    check_train_dev(train, train_dev, window, horizon)
+    for run in runs:  # by hand: every train sample's bars are outside every run's bars
+        first, last = touched_bars(run, window, horizon)
+        assert not np.any((train + horizon >= first) & (train - window + 1 <= last))
+    check_no_leak({"train": train, "train_dev": train_dev, "val": seg["val"],
+                   "test": seg["test"]}, window, horizon)
+
+
+def test_an_unpurged_train_dev_is_caught(candles):
+    _, _, seg, _ = _segments(candles)
+    train, train_dev = carve_train_dev(seg["train"], 0.1, 3, gap=0)  # no purge
+    with pytest.raises(LeakError, match="train-dev"):
+        check_train_dev(train, train_dev, 24, 1)
+    with pytest.raises(DataError, match="train_dev_fraction"):
+        carve_train_dev(seg["train"][:300], 0.1, 5, gap=60)
+    same, none = carve_train_dev(seg["train"], 0.0, 5, gap=60)
+    assert np.array_equal(same, seg["train"]) and none.size == 0
+
+
+def test_the_scaler_reads_only_training_windows_not_train_dev(candles):
+    matrix, _, seg, cfg = _segments(candles)
+    gap = purge_gap(cfg.window, 1, cfg.embargo)
+    train, train_dev = carve_train_dev(seg["train"], 0.2, 2, gap)
+    rows = window_rows(train, cfg.window, len(matrix))
+    assert rows[train].all() and rows[train - cfg.window + 1].all()
+    assert not rows[train_dev].any()  # train-dev inputs never reach the scaler
+    scaler = Scaler.fit_on_samples(matrix, train, cfg.window)
+    segments = {"train": train, "train_dev": train_dev, "val": seg["val"], "test": seg["test"]}
+    check_no_leak(segments, cfg.window, 1, scaler=scaler, features=matrix)
+    first, last = touched_bars(seg["train"], cfg.window, 0)
+    with pytest.raises(LeakError, match="scaler"):  # the whole period, train-dev included
+        check_no_leak(segments, cfg.window, 1, scaler=Scaler.fit(matrix[first: last + 1]),
+                      features=matrix)
