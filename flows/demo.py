@@ -86,6 +86,19 @@ def kinetics_rows(metrics: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def diagnosis_row(metrics: dict) -> list[tuple[str, str, str]]:
+    """Train / train-dev / dev / test error and what the largest gap says to do next."""
+    diagnosis = metrics.get("diagnosis")
+    if not diagnosis:
+        return []
+    names = [k for k in ("train", "train_dev", "dev", "test") if k in diagnosis["errors"]]
+    largest = diagnosis["largest"]
+    return [(f"error {' / '.join(n.replace('_', '-') for n in names)}",
+             " / ".join(f"{diagnosis['errors'][n]:.3f}" for n in names),
+             f"largest gap: {largest.replace('_', ' ')} {diagnosis[largest]:+.3f} -> "
+             f"{diagnosis['next_step'].split(':')[0]}")]
+
+
 PIPELINES = {"crypto": (crypto.pipeline, Path("metrics/crypto.json"), crypto_rows),
              "quora": (quora.pipeline, Path("metrics/quora.json"), quora_rows),
              "kinetics": (kinetics.pipeline, Path("metrics/kinetics.json"), kinetics_rows)}
@@ -101,7 +114,8 @@ def main() -> int:
         result = run()
         console.print(f"{name}: stages run {result['stages_run'] or 'none (up to date)'} "
                       f"in {time.time() - start:.0f} s")
-        for metric, value, note in rows(read_json(metrics_path)):
+        metrics = read_json(metrics_path)
+        for metric, value, note in rows(metrics) + diagnosis_row(metrics):
             table.add_row(name, metric, value, note)
     console.print(table)
     console.print(

@@ -45,7 +45,7 @@ def configure(common: CommonSettings) -> str:
     return uri
 
 
-def _experiment_id(common: CommonSettings, pipeline: str) -> str:
+def experiment_id(common: CommonSettings, pipeline: str) -> str:
     import mlflow
 
     name = f"{common.mlflow.experiment_prefix}-{pipeline}"
@@ -84,7 +84,7 @@ def run(common: CommonSettings, pipeline: str, run_name: str, *,
     if run_id is not None:
         ctx = mlflow.start_run(run_id=run_id, nested=nested)
     else:
-        ctx = mlflow.start_run(experiment_id=_experiment_id(common, pipeline), run_name=run_name,
+        ctx = mlflow.start_run(experiment_id=experiment_id(common, pipeline), run_name=run_name,
                                nested=nested, tags={"pipeline": pipeline, **(tags or {})})
     with ctx as active:
         if params:

@@ -114,7 +114,9 @@ def test_deploy_creates_every_deployment_with_the_nightly_schedule(deployed, pre
     deployments = {f"{flows[d['flow_id']]}/{d['name']}": d
                    for d in api(prefect_server, "/deployments/filter", {})}
     assert {"crypto-pipeline/default", "quora-pipeline/default", "kinetics-pipeline/default",
-            "nightly-retrain/nightly"} <= set(deployments)
+            "ablate/default", "nightly-retrain/nightly"} <= set(deployments)
+    assert deployments["ablate/default"]["parameters"] == {
+        "pipeline": "crypto", "grid": "grids/crypto-erase-relu.yaml"}
     nightly = deployments["nightly-retrain/nightly"]
     schedule = nightly["schedules"][0]["schedule"]
     assert schedule["cron"] == "0 2 * * *" and schedule["timezone"] == "Europe/Paris"

@@ -1,0 +1,74 @@
+"""`python -m flows.ablate` for real: a crypto grid over 2 seeds in a temporary copy of the repo
+(CPU-small params), each run in MLflow under the grid's parent run, the table with intervals
+in reports/ablations/crypto.md; a rerun resumes instead of retraining; the workspace's own DVC
+outputs and model registry are left alone."""
+import os
+
+import mlflow
+import pytest
+import yaml
+
+from tests.conftest import VENV_BIN
+from tests.flows.repo_copy import SMALL, copy_repo, merge, run
+
+pytestmark = pytest.mark.slow
+GRID = """
+name: smoke
+pipeline: crypto
+seeds: 2
+metrics: [test.accuracy]
+reference: relu
+configs:
+  relu: {set: {crypto.model.erase_relu: false, crypto.leak_audit.enabled: false}}
+  erase_relu: {set: {crypto.model.erase_relu: true, crypto.leak_audit.enabled: false}}
+"""
+
+
+@pytest.fixture(scope="module")
+def ablated(tmp_path_factory, prefect_server):
+    repo = copy_repo(tmp_path_factory.mktemp("ablate"))
+    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), SMALL)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+           "PREFECT_API_URL": prefect_server}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [str(VENV_BIN / "python"), "-m", "flows.ablate", "crypto", "--grid", GRID]
+    first = run(cmd, repo, env)
+    return repo, env, cmd, first
+
+
+def _runs(repo):
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
+    return mlflow.search_runs(experiment_names=["reprolab-crypto"], output_format="list")
+
+
+def test_the_table_has_every_config_with_intervals_and_the_paired_difference(ablated):
+    repo, _, _, first = ablated
+    text = (repo / "reports/ablations/crypto.md").read_text()
+    assert "## smoke" in text and "2 seeds (42, 43)" in text
+    assert "| relu | test.accuracy |" in text and "(reference)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| erase_relu |"))
+    assert row.count("[") == 2 and ("includes 0" in row or "excludes 0" in row)
+    assert text in first.stdout  # the command prints the table
+
+
+def test_every_run_is_tagged_under_the_grids_parent_run(ablated):
+    repo = ablated[0]
+    runs = _runs(repo)
+    [parent] = [r for r in runs if r.info.run_name == "ablation:smoke"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted((r.data.tags["ablation.config"], r.data.tags["ablation.seed"])
+                  for r in children) == [("erase_relu", "42"), ("erase_relu", "43"),
+                                         ("relu", "42"), ("relu", "43")]
+    artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(
+        parent.info.run_id)}
+    assert artifacts == {"crypto.md", "crypto.json"}
+    assert mlflow.tracking.MlflowClient().search_registered_models() == []
+    assert not (repo / "data").exists() and not (repo / "metrics").exists()
+
+
+def test_a_rerun_resumes_instead_of_retraining(ablated):
+    repo, env, cmd, _ = ablated
+    trained = sum(r.info.run_name == "crypto-train" for r in _runs(repo))
+    run(cmd, repo, env)
+    assert sum(r.info.run_name == "crypto-train" for r in _runs(repo)) == trained == 4
