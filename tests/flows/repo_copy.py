@@ -1,9 +1,12 @@
 """A temporary copy of the project as its own git + DVC repo, with CPU-small params."""
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
-from tests.conftest import ROOT
+import yaml
+
+from tests.conftest import ROOT, VENV_BIN
 
 SMALL = {"crypto": {"demo": {"n_bars": 4000}, "train": {"epochs": 2},
                     "model": {"hidden": 8}, "evaluate": {"bootstrap": 100},
@@ -43,3 +46,20 @@ def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
+
+
+def small_repo(dest: Path, extra: dict | None = None) -> Path:
+    """copy_repo with CPU-small params (SMALL, then `extra`) written into its params.yaml."""
+    repo = copy_repo(dest)
+    params = merge(merge(yaml.safe_load((repo / "params.yaml").read_text()), SMALL), extra or {})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return repo
+
+
+def repo_env(prefect_server: str, **extra: str) -> dict:
+    """The environment for commands in a copy: this venv first on PATH, the session's Prefect
+    server, the copy's own MLflow store (params.yaml's, not an inherited URI)."""
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+           "PREFECT_API_URL": prefect_server, **extra}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env

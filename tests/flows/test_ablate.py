@@ -2,14 +2,12 @@
 (CPU-small params), each run in MLflow under the grid's parent run, the table with intervals
 in reports/ablations/crypto.md; a rerun resumes instead of retraining; the workspace's own DVC
 outputs and model registry are left alone."""
-import os
 
 import mlflow
 import pytest
-import yaml
 
 from tests.conftest import VENV_BIN
-from tests.flows.repo_copy import SMALL, copy_repo, merge, run
+from tests.flows.repo_copy import repo_env, run, small_repo
 
 pytestmark = pytest.mark.slow
 GRID = """
@@ -26,12 +24,8 @@ configs:
 
 @pytest.fixture(scope="module")
 def ablated(tmp_path_factory, prefect_server):
-    repo = copy_repo(tmp_path_factory.mktemp("ablate"))
-    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), SMALL)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-           "PREFECT_API_URL": prefect_server}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    repo = small_repo(tmp_path_factory.mktemp("ablate"))
+    env = repo_env(prefect_server)
     cmd = [str(VENV_BIN / "python"), "-m", "flows.ablate", "crypto", "--grid", GRID]
     first = run(cmd, repo, env)
     return repo, env, cmd, first

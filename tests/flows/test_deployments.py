@@ -6,7 +6,6 @@ Night 1 trains and promotes the first champion; night 2, with no new data, chang
 Then a fault: a Quora night whose pretrained vectors file is unreadable fails naming the stage;
 once the file is fixed the next night resumes at that stage and completes."""
 import json
-import os
 import subprocess
 import time
 import uuid
@@ -19,7 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import VENV_BIN
-from tests.flows.repo_copy import SMALL, copy_repo, merge, run
+from tests.flows.repo_copy import repo_env, run, small_repo
 
 pytestmark = pytest.mark.slow
 VENV = VENV_BIN.parent
@@ -45,18 +44,13 @@ def write_vectors(path: Path, readable: bool) -> None:
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory, prefect_server):
-    repo = copy_repo(tmp_path_factory.mktemp("deployed"))
     fault = {"quora": {"embed": {"vectors": "pretrained", "pretrained_path": VECTORS,
                                  "pretrained_format": "glove"}}}
-    params = merge(merge(yaml.safe_load((repo / "params.yaml").read_text()), SMALL), fault)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    repo = small_repo(tmp_path_factory.mktemp("deployed"), fault)
     write_vectors(repo / VECTORS, readable=False)
-    pool = f"test-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-           "PREFECT_API_URL": prefect_server, "REPROLAB_POOL": pool,
-           "REPROLAB_TIMEZONE": "Europe/Paris", "PREFECT_HOME": str(repo / ".prefect"),
-           "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = repo_env(prefect_server, REPROLAB_POOL=f"test-{uuid.uuid4().hex[:8]}",
+                   REPROLAB_TIMEZONE="Europe/Paris", PREFECT_HOME=str(repo / ".prefect"),
+                   PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="5")
     env.pop("REPROLAB_HOME", None)  # make deploy sets it to the checkout it runs in
     make("deploy", repo, env)
     make("worker", repo, env)

@@ -1,16 +1,13 @@
 """`dvc repro` of every pipeline in a temporary copy of the repo on source: demo, each stage a
 real Prefect flow reporting to a real Prefect server; a second `dvc repro` reproduces nothing."""
 import json
-import os
 
 import httpx
 import mlflow
 import pandas as pd
 import pytest
-import yaml
 
-from tests.conftest import VENV_BIN
-from tests.flows.repo_copy import SMALL, copy_repo, merge, run
+from tests.flows.repo_copy import repo_env, run, small_repo
 
 pytestmark = pytest.mark.slow
 STAGES = ["crypto_ingest", "crypto_features", "crypto_split", "crypto_train", "crypto_evaluate",
@@ -29,12 +26,8 @@ CRYPTO_KEYS = ["test.accuracy", "test.accuracy_ci.low", "test.accuracy_ci.high",
                "leak_audit.leak_free.accuracy", "backtest.sharpe", "backtest.buy_and_hold_sharpe"]
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, prefect_server):
-    repo = copy_repo(tmp_path_factory.mktemp("repo"))
-    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), SMALL)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-           "PREFECT_API_URL": prefect_server, "PYTHONPATH": str(repo)}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    repo = small_repo(tmp_path_factory.mktemp("repo"))
+    env = repo_env(prefect_server, PYTHONPATH=str(repo))
     first = run(["dvc", "repro"], repo, env)
     return repo, env, first
 

@@ -1,7 +1,6 @@
 """The nightly retrain's parts: champion/challenger on a real MLflow registry (SQLite),
 params.yaml overrides, new-data detection from dvc.lock; and a night with new candles."""
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from tasks.crypto.candles import demo_candles
 from tasks.crypto.report import rescore
 from tasks.errors import ConfigError
 from tests.conftest import VENV_BIN
-from tests.flows.repo_copy import SMALL, copy_repo, merge, run
+from tests.flows.repo_copy import repo_env, run, small_repo
 
 MODEL = "demo-model"
 
@@ -151,16 +150,13 @@ def test_the_summary_table_names_failures_and_verdicts():
 @pytest.mark.slow
 def test_a_night_with_new_candles_retrains_and_judges_on_the_new_test_data(
         tmp_path_factory, prefect_server):
-    repo = copy_repo(tmp_path_factory.mktemp("nightly"))
+    dest = tmp_path_factory.mktemp("nightly")
+    csv = dest / "candles.csv"
+    repo = small_repo(dest, {"crypto": {"source": "file",
+                                        "file": {"path": str(csv), "format": "auto"}}})
     candles = demo_candles(3300, pd_start(), "1h", seed=7)
-    csv = repo / "candles.csv"
     candles.iloc[:3000].to_csv(csv, index=False)
-    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), SMALL)
-    params["crypto"].update(source="file", file={"path": str(csv), "format": "auto"})
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-           "PREFECT_API_URL": prefect_server}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = repo_env(prefect_server)
     nightly = [str(VENV_BIN / "python"), "-m", "flows.nightly", "--pipelines", "crypto"]
 
     run(nightly, repo, env)
