@@ -53,9 +53,6 @@ MODEL: dict[str, list[Callable[..., Any]]] = {
     "quora": [quora.embed, quora.train, quora.evaluate],
     "kinetics": [kinetics.train, kinetics.evaluate],
 }
-PREP_STAGES = {"crypto": ["crypto_ingest", "crypto_features", "crypto_split"],
-               "quora": ["quora_ingest", "quora_clean"],
-               "kinetics": ["kinetics_download", "kinetics_frames", "kinetics_index"]}
 # what the model stages read of the data stages' outputs (linked into every run directory)
 LINKS = {"crypto": ["data/crypto/raw", "data/crypto/features.parquet", "data/crypto/splits"],
          "quora": ["data/quora/raw", "data/quora/clean"],
@@ -65,11 +62,28 @@ METRICS = {"crypto": "metrics/crypto.json", "quora": "metrics/quora.json",
            "kinetics": "metrics/kinetics.json"}
 
 
-def data_params(pipeline: str, pipeline_file: Path = Path("dvc.yaml")) -> list[str]:
-    """The params.yaml keys the pipeline's data stages depend on (dvc.yaml)."""
+def dvc_stages(flows: list[Callable[..., Any]], pipeline_file: Path = Path("dvc.yaml")
+               ) -> list[dict]:
+    """dvc.yaml's entries for these stage flows (a stage flow is named like its DVC stage)."""
     stages = yaml.safe_load(pipeline_file.read_text())["stages"]
-    return [p for name in PREP_STAGES[pipeline] for p in stages[name].get("params", [])
+    return [stages[flow_fn.name] for flow_fn in flows]
+
+
+def data_params(pipeline: str) -> list[str]:
+    """The params.yaml keys the pipeline's data stages depend on (dvc.yaml)."""
+    return [p for stage in dvc_stages(PREP[pipeline]) for p in stage.get("params", [])
             if isinstance(p, str)]
+
+
+def code_digest(flows: list[Callable[..., Any]]) -> str:
+    """SHA-256 of the code these stages depend on (their .py deps in dvc.yaml): a finished run
+    is reused only while that code is unchanged."""
+    files = sorted({dep for stage in dvc_stages(flows) for dep in stage.get("deps", [])
+                    if isinstance(dep, str) and dep.endswith(".py")})
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(name.encode() + b"\0" + Path(name).read_bytes())
+    return digest.hexdigest()
 
 
 def data_overrides(overrides: dict[str, Any], keys: list[str]) -> dict[str, Any]:
@@ -109,8 +123,8 @@ def inside(directory: Path, params_file: Path) -> Iterator[None]:
 
 def prepare_data(pipeline: str, overrides: dict[str, Any], work: Path, params_file: Path
                  ) -> Path:
-    """The data stages once per distinct data setting; returns their directory."""
-    key = json.dumps(overrides, sort_keys=True, default=str)
+    """The data stages once per distinct data setting (and code); returns their directory."""
+    key = json.dumps([overrides, code_digest(PREP[pipeline])], sort_keys=True, default=str)
     directory = work / f"data-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     if (directory / DONE).exists():
         return directory
@@ -134,16 +148,18 @@ def link_data(pipeline: str, data_dir: Path, run_dir: Path) -> None:
 
 def run_model(pipeline: str, overrides: dict[str, Any], run_dir: Path, params_file: Path
               ) -> dict[str, Any]:
-    """The model stages in `run_dir`; their metrics. A finished run is read back, not redone."""
-    done = run_dir / DONE
-    if done.exists() and read_json(done)["overrides"] == json.loads(json.dumps(
-            overrides, default=str)):
+    """The model stages in `run_dir`; their metrics. A finished run with the same overrides
+    and code is read back, not redone."""
+    done, code = run_dir / DONE, code_digest(MODEL[pipeline])
+    same = json.loads(json.dumps(overrides, default=str))
+    if done.exists() and (read_json(done)["overrides"], read_json(done).get("code")) == (
+            same, code):
         return read_json(done)["metrics"]
     with inside(run_dir, params_file):
         for stage in MODEL[pipeline]:
             stage(overrides=overrides)
         metrics = read_json(METRICS[pipeline])
-    write_json({"overrides": overrides, "metrics": metrics}, done)
+    write_json({"overrides": overrides, "code": code, "metrics": metrics}, done)
     return metrics
 
 

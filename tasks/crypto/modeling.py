@@ -11,7 +11,7 @@ from sklearn.metrics import r2_score
 
 from models.sequence import build_sequence_model
 from tasks.config import CryptoModel, TrainSettings
-from tasks.train import FitConfig, FitResult, fit, predict, tensor_loader
+from tasks.train import FitConfig, FitResult, fit, predict, seed_everything, tensor_loader
 
 
 def build_model(cfg: CryptoModel, n_features: int, window: int) -> torch.nn.Module:
@@ -28,6 +28,7 @@ def train_classifier(cfg: CryptoModel, train_cfg: TrainSettings, data: dict[str,
     """Fit the configured network on data['train'] with early stopping on data['val']."""
     x_train, y_train = data["train"]
     x_val, y_val = data["val"]
+    seed_everything(seed)  # the initial weights follow the seed, whatever ran before
     model = build_model(cfg, x_train.shape[2], x_train.shape[1])
     loaders = (tensor_loader(x_train, y_train, train_cfg.batch_size, True, seed),
                tensor_loader(x_val, y_val, train_cfg.batch_size, False, seed))

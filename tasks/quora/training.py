@@ -20,7 +20,7 @@ from tasks import tracking
 from tasks.config import CommonSettings, QuoraSettings, flat_params
 from tasks.logs import get_logger
 from tasks.storage import read_json, read_npy, read_parquet, write_json, write_parquet
-from tasks.train import FitConfig, fit, predict
+from tasks.train import FitConfig, fit, predict, seed_everything
 
 REGISTERED_MODEL = "quora-duplicates"
 
@@ -91,6 +91,7 @@ def train_config(cfg: dict, settings: QuoraSettings, pairs: pd.DataFrame, embed_
     split = pairs["split"].to_numpy()
     size = settings.train.batch_size
     train, dev = split == "train", split == "dev"
+    seed_everything(seed)  # the initial weights follow the seed, whatever ran before
     model = _build(cfg, settings, a, embed_dir)
     result = fit(model, _loader(a[train], b[train], y[train], size, True, seed),
                  _loader(a[dev], b[dev], y[dev], size, False, seed),

@@ -26,7 +26,7 @@ from tasks.config import CommonSettings, KineticsSettings, flat_params
 from tasks.errors import DataError
 from tasks.logs import get_logger
 from tasks.storage import atomic_path, read_json, read_parquet, write_json
-from tasks.train import FitConfig, fit
+from tasks.train import FitConfig, fit, seed_everything
 from tasks.video.dataset import ClipDataset
 
 REGISTERED_MODEL = "kinetics-besnet"
@@ -212,6 +212,7 @@ def train_models(names: list[str], settings: KineticsSettings, common: CommonSet
     with tracking.run(common, "kinetics", stage, params=params, tags={"stage": stage},
                       enabled=distributed.is_main()) as parent:
         for name in names:
+            seed_everything(common.seed)  # initial weights follow the seed (and pair models)
             model = fresh_model(name, settings, len(classes))
             ckpt = checkpoint_path(checkpoints, name, settings, common.seed, sha)
             with tracking.run(common, "kinetics", name, nested=True,
