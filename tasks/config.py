@@ -158,7 +158,7 @@ class CryptoEvaluate(Section):
     block_length: int | None = Field(None, ge=1, description="None = n ** (1/3)")
     fee_bps: float = Field(10.0, ge=0)
     reference_error: float | None = Field(None, ge=0, lt=1, description=(
-        "best-known error of next-move direction, for avoidable bias (null: 0)"))
+        "best-known error of next-move direction, for avoidable bias (null: unknown)"))
 
 
 class LeakAudit(Section):
@@ -414,7 +414,7 @@ class KineticsEvaluate(Section):
     ablation_dilation: bool = Field(True, description="also train a fixed-dilation BesNet")
     bootstrap: int = Field(1000, ge=10)
     reference_error: float | None = Field(None, ge=0, lt=1, description=(
-        "human-level or best-known Top-1 error, for avoidable bias (null: 0)"))
+        "human-level or best-known Top-1 error, for avoidable bias (null: unknown)"))
 
 
 class KineticsSettings(Section):

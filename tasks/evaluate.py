@@ -292,7 +292,8 @@ NEXT_STEPS = {
 
 def error_analysis(errors: Mapping[str, float], reference_error: float | None) -> dict:
     """'Structuring ML projects': from train, train-dev, dev and test error, the avoidable bias
-    (train error above the human-level or best-known error; 0 when none is configured),
+    (train error above the human-level or best-known error; None when none is configured: how
+    much of the train error is avoidable is then unknown, so it cannot drive the advice),
     variance (train-dev - train), data mismatch (dev - train-dev), dev overfitting (test - dev),
     the largest of them and the next step it calls for. Without a train-dev error, variance is
     dev - train and mismatch cannot be told apart from it (None)."""
@@ -301,15 +302,13 @@ def error_analysis(errors: Mapping[str, float], reference_error: float | None) -
         raise DataError(f"error analysis needs {missing} errors", field="errors")
     train, dev, test = (float(errors[k]) for k in ("train", "dev", "test"))
     train_dev = errors.get("train_dev")
-    reference = 0.0 if reference_error is None else float(reference_error)
-    gaps = {"avoidable_bias": train - reference,
+    gaps = {"avoidable_bias": None if reference_error is None else train - reference_error,
             "variance": (dev if train_dev is None else float(train_dev)) - train,
             "data_mismatch": None if train_dev is None else dev - float(train_dev),
             "dev_overfitting": test - dev}
     largest = max((k for k, v in gaps.items() if v is not None), key=lambda k: gaps[k])
     return {"errors": {k: float(v) for k, v in errors.items()},
-            "reference_error": reference,
-            "reference": "none configured (0)" if reference_error is None else "configured",
+            "reference_error": reference_error,
             **gaps, "largest": largest, "next_step": NEXT_STEPS[largest]}
 
 
