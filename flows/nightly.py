@@ -28,6 +28,7 @@ from flows.common import dvc_repro, parse_overrides, settings
 from tasks import champion, tracking
 from tasks.config import PIPELINE_NAMES, Params, save_overrides
 from tasks.errors import ReproLabError
+from tasks.evaluate import metric_value
 from tasks.logs import get_logger
 from tasks.storage import read_json, write_json, write_text
 
@@ -124,15 +125,6 @@ def refresh(spec: Pipeline) -> dict[str, Any]:
 @task(name="dvc-repro")
 def reproduce(spec: Pipeline) -> list[str]:
     return repro([spec.final], spec.name)
-
-
-def metric_value(metrics: dict, dotted: str) -> float:
-    node: Any = metrics
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise ReproLabError(f"{dotted}: not in the metrics file")
-        node = node[part]
-    return float(node)
 
 
 def score(spec: Pipeline) -> champion.Score:

@@ -19,7 +19,8 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from tasks.config import PIPELINE_NAMES, Section, load_params
-from tasks.errors import ConfigError, DataError
+from tasks.errors import ConfigError
+from tasks.evaluate import metric_value
 
 
 class AblationConfig(Section):
@@ -71,15 +72,6 @@ def load_grid(text_or_path: str, params_path: str | Path = "params.yaml") -> Gri
         except ConfigError as exc:
             raise ConfigError(f"{source}: config {name!r}: {exc}") from None
     return grid
-
-
-def metric_value(metrics: Mapping[str, Any], dotted: str) -> float:
-    node: Any = metrics
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            raise DataError(f"{dotted}: not in the pipeline's metrics", field=dotted)
-        node = node[part]
-    return float(node)
 
 
 def t_interval(values: np.ndarray, alpha: float = 0.05) -> tuple[float, float, float, float]:

@@ -9,6 +9,7 @@ import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -276,6 +277,16 @@ def mean_ci(values: np.ndarray, *, n_resamples: int, seed: int, alpha: float = 0
     means = counts @ values / values.size
     low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return {"mean": float(values.mean()), "low": float(low), "high": float(high)}
+
+
+def metric_value(metrics: Mapping[str, Any], dotted: str) -> float:
+    """A number from a nested metrics mapping by its dotted key (`test.accuracy`)."""
+    node: Any = metrics
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise DataError(f"{dotted}: not in the pipeline's metrics", field=dotted)
+        node = node[part]
+    return float(node)
 
 
 # ---------------------------------------------------------------- bias / variance / mismatch
