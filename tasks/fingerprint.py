@@ -1,0 +1,97 @@
+"""What code a stage runs: the first-party modules a module imports, transitively (read from the
+source with `ast`, so nothing is imported), and one digest of their bytes. dvc.yaml lists the
+files as each stage's deps; checkpoints carry the digest, so a code change is never resumed."""
+from __future__ import annotations
+
+import ast
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+FIRST_PARTY = ("flows", "tasks", "models")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def module_file(name: str, root: Path = ROOT) -> Path | None:
+    """`tasks.crypto.split` -> tasks/crypto/split.py (or the package's __init__.py)."""
+    if name.split(".")[0] not in FIRST_PARTY:
+        return None
+    base = root.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _walk(tree: ast.AST) -> Iterable[ast.AST]:
+    """ast.walk without `if TYPE_CHECKING:` bodies (imports there never run)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                stack.extend(child.orelse)
+            else:
+                stack.append(child)
+
+
+def imported_names(path: Path, module: str) -> set[str]:
+    """Every module name an import statement in `path` may load (function-level imports too)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in _walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            names.add(target)
+            names.update(f"{target}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _with_parents(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def module_closure(modules: Iterable[str], root: Path = ROOT) -> list[Path]:
+    """The files of `modules` and of every first-party module they import, transitively
+    (package __init__ files included: importing a.b.c runs a/__init__ and a/b/__init__)."""
+    seen: dict[str, Path] = {}
+    todo = [parent for name in modules for parent in _with_parents(name)]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path = module_file(name, root)
+        if path is None:
+            continue
+        seen[name] = path
+        for imported in imported_names(path, name):
+            todo.extend(p for p in _with_parents(imported) if p not in seen)
+    return sorted(set(seen.values()))
+
+
+def relative(paths: Iterable[Path], root: Path = ROOT) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in paths)
+
+
+def code_digest(modules: Iterable[str], root: Path = ROOT) -> str:
+    """sha256 over the path and bytes of every file in the modules' closure."""
+    digest = hashlib.sha256()
+    for path in module_closure(modules, root):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
