@@ -1,10 +1,12 @@
-"""What every pipeline's flows share: settings from params.yaml, the CLI, driving DVC."""
+"""What every pipeline's flows share: settings from params.yaml, the stage runner built from a
+pipeline declaration, the CLI, driving DVC."""
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from tasks.config import Params, load_params
 from tasks.errors import ReproLabError
 from tasks.logs import get_logger
 from tasks.parallel import shared_prefect_api
+from tasks.pipeline import ParamsView, Pipeline, Stage
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -50,23 +53,121 @@ def dvc_repro(targets: list[str], force: bool = False, single_item: bool = False
     return names
 
 
+def dvc_exp_run(overrides: Mapping[str, Any], targets: list[str]) -> list[str]:
+    """Overrides go through DVC: `dvc exp run -S key=value ... <targets>` records the run as an
+    experiment (`dvc exp show`) and leaves dvc.lock describing what is on disk."""
+    sets = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for key, value in overrides.items()]
+    cmd = [sys.executable, "-m", "dvc", "exp", "run", *[a for s in sets for a in ("-S", s)],
+           *targets]
+    log = get_logger()
+    log.info("overrides run as a DVC experiment: %s", " ".join(cmd[2:]))
+    with shared_prefect_api():
+        proc = subprocess.run(cmd, env={**os.environ})
+    if proc.returncode != 0:
+        raise ReproLabError(f"dvc exp run {' '.join(targets)} failed (exit {proc.returncode})")
+    return targets
+
+
 def in_dvc_repo() -> bool:
     return Path(".dvc").is_dir() and Path("dvc.yaml").exists()
 
 
-def main(pipeline: str, stages: dict[str, Callable[..., Any]], argv: list[str] | None = None
-         ) -> int:
-    """CLI: `python -m flows.<pipeline> <stage> [--set key=value ...]`."""
-    parser = argparse.ArgumentParser(prog=f"python -m flows.{pipeline}")
-    parser.add_argument("stage", choices=list(stages))
+def run_tags() -> list[str]:
+    """Extra Prefect tags for every flow run of this process (REPROLAB_RUN_TAGS, comma-separated)."""
+    return [t for t in os.environ.get("REPROLAB_RUN_TAGS", "").split(",") if t.strip()]
+
+
+def run_stage(stage: Stage, overrides: Mapping[str, Any] | None = None) -> dict:
+    """Run one declared stage: its callable gets a view of only the params it declares."""
+    from tasks import tracking
+
+    view = ParamsView(settings(overrides), stage.params, stage.name)
+    tracking.set_stage_inputs([*stage.deps, *_input_paths(view, stage)])
+    return stage.callable()(view)
+
+
+def _input_paths(view: ParamsView, stage: Stage) -> list[str]:
+    out = []
+    for dotted in stage.input_params:
+        node: Any = view
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        if node:
+            out.append(str(node))
+    return out
+
+
+def stage_flows(pipeline: Pipeline) -> dict[str, Any]:
+    """One Prefect flow per declared stage, named like its DVC stage: {step: flow}."""
+    from prefect import flow
+
+    def make(stage: Stage) -> Any:
+        @flow(name=stage.name, description=stage.doc)
+        def stage_flow(overrides: dict[str, Any] | None = None) -> dict:
+            return run_stage(stage, overrides)
+        return stage_flow
+
+    return {stage.step: make(stage) for stage in pipeline.stages}
+
+
+def pipeline_flow(pipeline: Pipeline, flows: dict[str, Any]) -> Any:
+    """The whole pipeline as one flow. In a DVC repo DVC decides what is stale, and overrides
+    run as a DVC experiment; elsewhere every stage runs here as a subflow."""
+    from prefect import flow
+
+    @flow(name=f"{pipeline.name}-pipeline")
+    def run_pipeline(overrides: dict[str, Any] | None = None, use_dvc: bool = True) -> dict:
+        if use_dvc and in_dvc_repo():
+            target = [pipeline.last.name]
+            return {"stages_run": dvc_exp_run(overrides, target) if overrides
+                    else dvc_repro(target)}
+        for step_flow in flows.values():
+            step_flow(overrides=overrides)
+        return {"stages_run": [s.name for s in pipeline.stages]}
+
+    return run_pipeline
+
+
+def describe(pipeline: Pipeline) -> str:
+    lines = [f"stages of the {pipeline.name} pipeline, in order (dvc.yaml has the same):"]
+    for stage in pipeline.stages:
+        lines.append(f"  {stage.step:<10} {stage.doc}")
+        lines.append(f"  {'':<10} params: {', '.join(stage.params)}")
+    lines.append("  pipeline   every stage: `dvc repro` decides what is stale")
+    return "\n".join(lines)
+
+
+def main(pipeline: Pipeline, flows: dict[str, Any], whole: Any,
+         argv: list[str] | None = None) -> int:
+    """CLI: `python -m flows.<pipeline> <stage>|pipeline [--set key=value ...]`."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m flows.{pipeline.name}", epilog=describe(pipeline),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run one stage as a Prefect flow, or the whole pipeline through DVC. "
+                    "With --set in a DVC repo, the run is a DVC experiment (dvc exp run -S).")
+    parser.add_argument("stage", choices=[*flows, "pipeline"])
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a params.yaml value (dotted key)")
     args = parser.parse_args(argv)
     try:
         overrides = parse_overrides(args.overrides) or None
         settings(overrides)  # fail fast on a bad params.yaml, before any flow starts
-        stages[args.stage](overrides=overrides)
+        _dispatch(pipeline, flows, whole, args.stage, overrides)
     except ReproLabError as exc:
-        print(f"error: {pipeline} {args.stage}: {exc}", file=sys.stderr)
+        print(f"error: {pipeline.name} {args.stage}: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _dispatch(pipeline: Pipeline, flows: dict[str, Any], whole: Any, step: str,
+              overrides: dict[str, Any] | None) -> None:
+    from prefect import tags
+
+    with tags(*run_tags()):
+        if step == "pipeline":
+            whole(overrides=overrides)
+        elif overrides and in_dvc_repo():
+            dvc_exp_run(overrides, [pipeline.stage(step).name])
+        else:
+            flows[step](overrides=overrides)

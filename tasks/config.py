@@ -7,14 +7,32 @@ import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tasks.errors import ConfigError
 
 PARAMS_FILE = Path("params.yaml")
+NO_FILE = "inputs/none"  # "no file" for a path param: DVC lists it as a dep, so it must exist
+
+
+def _no_file(value: Any) -> Any:
+    return None if value == NO_FILE else value
+
+
+NO_FILE_VALIDATOR = BeforeValidator(_no_file)
+# a file or folder a stage reads because params.yaml names it: a DVC dependency of that stage
+InputPath = Annotated[str | None, NO_FILE_VALIDATOR]
 
 
 class Section(BaseModel):
@@ -37,7 +55,6 @@ class CommonSettings(Section):
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     task_runner: Literal["threads", "dask"] = "threads"
-    max_workers: int = Field(4, ge=1)
     dask_address: str | None = None
     mlflow: MlflowSettings = MlflowSettings()
 
@@ -72,7 +89,7 @@ class CryptoLive(Section):
 
 
 class CryptoFile(Section):
-    path: str | None = None
+    path: InputPath = None
     format: Literal["auto", "generic", "binance", "ccxt_json"] = "auto"
 
 
@@ -103,7 +120,7 @@ class CryptoLabel(Section):
 
 
 class WalkForward(Section):
-    folds: int = Field(0, ge=0)
+    folds: int = Field(3, ge=0)
     mode: Literal["expanding", "rolling"] = "expanding"
 
 
@@ -230,7 +247,7 @@ class QuoraLive(Section):
 
 
 class QuoraFile(Section):
-    path: str | None = None
+    path: InputPath = None
     format: Literal["auto", "tsv", "csv"] = "auto"
 
 
@@ -253,7 +270,7 @@ class QuoraSplit(Section):
 class QuoraEmbed(Section):
     vectors: Literal["gensim", "pretrained"] = "gensim"
     algorithm: Literal["word2vec", "fasttext"] = "word2vec"
-    pretrained_path: str | None = None
+    pretrained_path: InputPath = None
     pretrained_format: Literal["auto", "glove", "word2vec_text", "word2vec_binary",
                                "spacy"] = "auto"
     dim: int = Field(100, ge=2)
@@ -311,10 +328,10 @@ class QuoraSettings(Section):
 
 # ---------------------------------------------------------------- kinetics
 class KineticsAnnotations(Section):
-    train: str | None = Field(None, description="official CSV: label,youtube_id,time_start,...")
-    val: str | None = None
-    test: str | None = None
-    classes: str | None = Field(None, description="one class name a line (line = class id)")
+    train: InputPath = Field(None, description="official CSV: label,youtube_id,time_start,...")
+    val: InputPath = None
+    test: InputPath = None
+    classes: InputPath = Field(None, description="one class name a line (line = class id)")
 
 
 class KineticsSubset(Section):
@@ -325,7 +342,7 @@ class KineticsSubset(Section):
 
 class KineticsDownload(Section):
     url_template: str = "https://www.youtube.com/watch?v={youtube_id}"
-    local_dir: str | None = Field(None, description="source 'local': a folder of clips")
+    local_dir: InputPath = Field(None, description="source 'local': a folder of clips")
     max_height: int = Field(360, ge=32)
     concurrency: int = Field(4, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -333,13 +350,13 @@ class KineticsDownload(Section):
     retries: int = Field(3, ge=0)
     backoff_seconds: float = Field(2.0, ge=0)
     retry_failed: bool = False
-    cookies_file: str | None = None
+    cookies_file: InputPath = None
     duration_tolerance: float = Field(1.0, ge=0, description="seconds a clip may differ")
 
 
 class KineticsFrames(Section):
     storage: Literal["jpeg", "video"] = "jpeg"
-    short_side: int = Field(256, ge=16)
+    short_side: int = Field(128, ge=16)
     fps: float = Field(8.0, gt=0)
     jpeg_quality: int = Field(5, ge=2, le=31, description="ffmpeg -q:v (2 best .. 31 worst)")
     workers: int = Field(2, ge=1, description="ffmpeg processes at once (one core each)")
@@ -360,7 +377,7 @@ class KineticsDataset(Section):
     sampling: Literal["uniform", "random_stride"] = "uniform"
     test_clips: int = Field(3, ge=1)
     test_crops: Literal[1, 3] = Field(1, description="1 = centre crop; 3 = left/centre/right")
-    crop: int = Field(112, ge=16)
+    crop: int = Field(64, ge=16)
     flip: bool = False
 
 
@@ -368,10 +385,10 @@ class KineticsModel(Section):
     """BesNet (or the I3D-style ResNet-50) and the research-note switches."""
 
     arch: Literal["besnet", "i3d"] = "besnet"
-    layers: list[int] = Field([3, 4, 6, 3], min_length=4, max_length=4,
+    layers: list[int] = Field([1, 1, 1, 1], min_length=4, max_length=4,
                               description="blocks per stage; ResNet-50 = [3, 4, 6, 3]")
-    width_multiplier: float = Field(1.0, gt=0, description="x the base width 64")
-    dilations: list[int] = Field([1, 2, 4], min_length=1)
+    width_multiplier: float = Field(0.125, gt=0, description="x the base width 64")
+    dilations: list[int] = Field([1, 2], min_length=1)
     dilation_mode: Literal["random", "fixed"] = "random"
     fixed_dilation: int = Field(1, ge=1)
     temporal_padding: Literal["zeros", "replicate"] = "zeros"
@@ -379,7 +396,7 @@ class KineticsModel(Section):
     activation: Literal["relu", "selu"] = "relu"
     dropout: float = Field(0.0, ge=0, lt=1)
     residual_scale: float = Field(1.0, gt=0)
-    pretrained: str | None = Field(None, description="torchvision ResNet-50 ImageNet .pth")
+    pretrained: InputPath = Field(None, description="torchvision ResNet-50 ImageNet .pth")
 
     @field_validator("layers", "dilations")
     @classmethod
@@ -393,18 +410,18 @@ class KineticsBaseline(Section):
     """The note's baseline: per-frame 2D ResNet features, pooled over time, then an MLP."""
 
     enabled: bool = True
-    layers: list[int] = Field([3, 4, 6, 3], min_length=4, max_length=4)
-    width_multiplier: float = Field(1.0, gt=0)
+    layers: list[int] = Field([1, 1, 1, 1], min_length=4, max_length=4)
+    width_multiplier: float = Field(0.125, gt=0)
     pool: Literal["mean", "max"] = "mean"
-    hidden: int = Field(512, ge=1)
+    hidden: int = Field(128, ge=1)
     dropout: float = Field(0.5, ge=0, lt=1)
     freeze_backbone: bool = False
-    pretrained: str | None = Field(None, description="torchvision ResNet-50 ImageNet .pth")
+    pretrained: InputPath = Field(None, description="torchvision ResNet-50 ImageNet .pth")
 
 
 class KineticsTrain(TrainSettings):
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    warmup_epochs: int = Field(0, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
     grad_accum: int = Field(1, ge=1)
     max_grad_norm: float | None = Field(None, gt=0)
     num_workers: int = Field(0, ge=0, description="DataLoader processes decoding frames")
@@ -427,7 +444,7 @@ class KineticsSettings(Section):
     dataset: KineticsDataset = KineticsDataset()
     model: KineticsModel = KineticsModel()
     baseline: KineticsBaseline = KineticsBaseline()
-    train: KineticsTrain = KineticsTrain(epochs=30, batch_size=8, lr=1e-3, weight_decay=1e-4,
+    train: KineticsTrain = KineticsTrain(epochs=30, batch_size=8, lr=3e-3, weight_decay=1e-4,
                                          patience=8)
     evaluate: KineticsEvaluate = KineticsEvaluate()
 
@@ -519,7 +536,31 @@ def load_params(path: str | os.PathLike = PARAMS_FILE,
     raw = read_raw_params(path)
     if overrides:
         raw = apply_overrides(raw, overrides)
+    check_input_paths(raw, str(path))
     return parse_params(raw, str(path))
+
+
+def input_path_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """Dotted keys of every path param (InputPath): each is a DVC dependency of its stage."""
+    out: list[str] = []
+    for name, info in (model or Params).model_fields.items():
+        kind = info.annotation
+        if NO_FILE_VALIDATOR in info.metadata:
+            out.append(f"{prefix}{name}")
+        elif isinstance(kind, type) and issubclass(kind, BaseModel):
+            out.extend(input_path_keys(kind, f"{prefix}{name}."))
+    return out
+
+
+def check_input_paths(raw: Mapping[str, Any], source: str) -> None:
+    """A path param is a DVC dependency: null would break `dvc repro`, so "no file" is NO_FILE."""
+    for dotted in input_path_keys():
+        node: Any = raw
+        for part in dotted.split("."):
+            node = node.get(part, NO_FILE) if isinstance(node, Mapping) else NO_FILE
+        if node is None or node == "":
+            raise ConfigError(f"{source}: {dotted}: write {NO_FILE} for no file, not null "
+                              "(DVC watches this path as a dependency of its stage)")
 
 
 def save_overrides(path: str | os.PathLike, overrides: Mapping[str, Any]) -> Params:
@@ -545,12 +586,15 @@ def save_overrides(path: str | os.PathLike, overrides: Mapping[str, Any]) -> Par
     return params
 
 
-def flat_params(section: BaseModel, prefix: str = "") -> dict[str, Any]:
-    """Flatten settings for MLflow params (secrets are never part of settings)."""
+def flat_params(section: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten settings (a model, or a stage's view of its declared params) for MLflow params;
+    secrets are never part of settings."""
+    from tasks.pipeline import ParamsView
+
     out: dict[str, Any] = {}
     for key, value in section:
         name = f"{prefix}{key}"
-        if isinstance(value, BaseModel):
+        if isinstance(value, BaseModel | ParamsView):
             out.update(flat_params(value, f"{name}."))
         else:
             out[name] = value.isoformat() if isinstance(value, datetime) else value

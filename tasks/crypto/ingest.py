@@ -85,3 +85,14 @@ def ingest_candles(settings: CryptoSettings, raw_root: Path, seed: int,
                  exchange, symbol, settings.timeframe, gaps["candles"], gaps["first"],
                  gaps["last"], gaps["missing"], gaps["gaps"], gaps["longest_gap_bars"])
     return report
+
+
+def ingest_stage(params) -> dict:
+    """crypto_ingest: the source's candles into the store, and the ingest report."""
+    from tasks.crypto.paths import CryptoPaths
+    from tasks.storage import write_json
+
+    paths = CryptoPaths()
+    report = ingest_candles(params.crypto, paths.raw, params.common.seed)
+    write_json(report, paths.ingest_report)
+    return report

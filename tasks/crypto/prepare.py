@@ -84,3 +84,19 @@ def load_segments(split_dir: Path) -> tuple[np.ndarray, pd.DataFrame, dict]:
 
     return (read_npy(split_dir / "inputs.npy"), read_parquet(split_dir / "samples.parquet"),
             read_json(split_dir / "split.json"))
+
+
+def features_stage(params) -> dict:
+    """crypto_features: the feature table of the model symbol."""
+    from tasks.crypto.paths import CryptoPaths
+
+    paths = CryptoPaths()
+    return build_features(params.crypto, paths.raw, paths.features)
+
+
+def split_stage(params) -> dict:
+    """crypto_split: leak-checked chronological segments."""
+    from tasks.crypto.paths import CryptoPaths
+
+    paths = CryptoPaths()
+    return build_splits(params.crypto, paths.features, paths.splits)

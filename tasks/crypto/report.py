@@ -149,3 +149,12 @@ def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir:
         tracking.log_artifacts(plots, artifact_path="plots")
         tracking.log_artifacts(metrics_path)
     return metrics
+
+
+def evaluate_stage(params) -> dict:
+    """crypto_evaluate: metrics/crypto.json, plots/crypto, the registered model."""
+    from tasks.crypto.paths import CryptoPaths
+
+    paths = CryptoPaths()
+    return evaluate_models(params.crypto, params.common, paths.splits, paths.artifacts,
+                           paths.metrics, paths.plots)

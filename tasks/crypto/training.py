@@ -113,3 +113,14 @@ def train_models(settings: CryptoSettings, common: CommonSettings, features_path
         tracking.log_torch_model(result.model.cpu(), "model", registered,
                                  input_example=data["test"][0][:2])
     return summary
+
+
+def train_stage(params) -> dict:
+    """crypto_train: baselines, the network and the audits; artifacts/crypto."""
+    from tasks.crypto.paths import CryptoPaths
+    from tasks.train import resolve_device
+
+    paths = CryptoPaths()
+    paths.artifacts.mkdir(parents=True, exist_ok=True)
+    return train_models(params.crypto, params.common, paths.features, paths.splits,
+                        paths.artifacts, resolve_device(params.common.device))

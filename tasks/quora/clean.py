@@ -155,3 +155,11 @@ def clean_and_split(settings: QuoraSettings, raw_dir: Path, out_dir: Path, seed:
         log.info("%s split %s; test pairs sharing a train question: %.1f%%", kind,
                  stats["sizes"], 100 * stats["pairs_sharing_a_train_question"]["test"])
     return report
+
+
+def clean_stage(params) -> dict:
+    """quora_clean: clean pairs and their split."""
+    from tasks.quora.paths import QuoraPaths
+
+    paths = QuoraPaths()
+    return clean_and_split(params.quora, paths.raw, paths.clean, params.common.seed)

@@ -360,3 +360,11 @@ def embed_questions(settings: QuoraSettings, clean_dir: Path, out_dir: Path, see
                   for k, v in coverage.items()), ", ".join(sets),
         sum(clock.seconds.values()))
     return summary
+
+
+def embed_stage(params) -> dict:
+    """quora_embed: question vectors and token ids."""
+    from tasks.quora.paths import QuoraPaths
+
+    paths = QuoraPaths()
+    return embed_questions(params.quora, paths.clean, paths.embed, params.common.seed)

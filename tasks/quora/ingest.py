@@ -861,3 +861,10 @@ def ingest_pairs(settings: QuoraSettings, raw_dir: Path, seed: int) -> dict:
         log.warning("%d record(s) had bytes that are not UTF-8 (replaced by U+FFFD)",
                     report["decode_replacements"])
     return report
+
+
+def ingest_stage(params) -> dict:
+    """quora_ingest: the source's pairs into data/quora/raw."""
+    from tasks.quora.paths import QuoraPaths
+
+    return ingest_pairs(params.quora, QuoraPaths().raw, params.common.seed)

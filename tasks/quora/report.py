@@ -83,3 +83,12 @@ def evaluate_models(settings: QuoraSettings, common: CommonSettings, artifacts: 
         tracking.log_artifacts(plots, artifact_path="plots")
         tracking.log_artifacts(metrics_path)
     return metrics
+
+
+def evaluate_stage(params) -> dict:
+    """quora_evaluate: metrics/quora.json and plots/quora."""
+    from tasks.quora.paths import QuoraPaths
+
+    paths = QuoraPaths()
+    return evaluate_models(params.quora, params.common, paths.artifacts, paths.metrics,
+                           paths.plots)

@@ -139,3 +139,14 @@ def train_models(settings: QuoraSettings, common: CommonSettings, clean_dir: Pat
     write_parquet(predictions, out_dir / "predictions.parquet")
     write_json(summary, out_dir / "train.json")
     return summary
+
+
+def train_stage(params) -> dict:
+    """quora_train: the models, their predictions and the train report."""
+    from tasks.quora.paths import QuoraPaths
+    from tasks.train import resolve_device
+
+    paths = QuoraPaths()
+    paths.artifacts.mkdir(parents=True, exist_ok=True)
+    return train_models(params.quora, params.common, paths.clean, paths.embed, paths.artifacts,
+                        resolve_device(params.common.device))

@@ -389,3 +389,29 @@ def _record(ledger: Ledger, counts: dict, clip_id: str, status: str, reason: str
     counts["permanent"] += permanent
     ledger.record(clip_id, STAGE, reason or "unknown", permanent)
     get_logger().debug("%s: %s (%s)", clip_id, reason, "permanent" if permanent else "transient")
+
+
+def download_stage(params) -> dict:
+    """kinetics_download: demo clips rendered, or the annotated sections fetched; the manifest."""
+    import pandas as pd
+
+    from tasks.storage import write_json
+    from tasks.video.demo import render_demo_clips
+    from tasks.video.manifest import build_manifest, write_manifest
+    from tasks.video.paths import KineticsPaths
+
+    paths, k = KineticsPaths(), params.kinetics
+    if k.source == "demo":
+        manifest, classes = render_demo_clips(paths.clips, k.demo, params.common.seed)
+        rejects = pd.DataFrame(columns=["file", "line", "reason", "detail", "raw"])
+        fetched = {"rendered": len(manifest)}
+    else:
+        annotations = {"train": k.annotations.train, "val": k.annotations.val,
+                       "test": k.annotations.test}
+        manifest, classes, rejects = build_manifest(annotations, k.annotations.classes, k.subset)
+        ledger = Ledger(paths.clips / "ledger.parquet")
+        fetched = download_all(manifest, k.download, paths.clips, ledger, k.source,
+                               params.common)
+    summary = write_manifest(manifest, classes, rejects, paths.manifest)
+    write_json({"manifest": summary, "download": fetched}, paths.manifest / "download.json")
+    return {"manifest": summary, "download": fetched}

@@ -265,3 +265,32 @@ def build_index(manifest: pd.DataFrame, frames_dir: str | os.PathLike, storage: 
 def write_index(index: pd.DataFrame, dest: str | os.PathLike) -> Path:
     """Write the index parquet atomically."""
     return write_parquet(index, dest)
+
+
+def frames_stage(params) -> dict:
+    """kinetics_frames: frames (or resized video) of every downloaded clip."""
+    from tasks.storage import read_parquet
+    from tasks.video.paths import KineticsPaths
+
+    paths = KineticsPaths()
+    ledger = Ledger(paths.frames / "ledger.parquet")
+    return extract_all(read_parquet(paths.manifest / "manifest.parquet"), paths.clips,
+                       paths.frames, params.kinetics.frames, ledger, params.common)
+
+
+def index_stage(params) -> dict:
+    """kinetics_index: one row per usable clip, and the data report."""
+    from tasks.storage import read_json, read_parquet, write_json
+    from tasks.video.paths import KineticsPaths
+
+    paths = KineticsPaths()
+    manifest = read_parquet(paths.manifest / "manifest.parquet")
+    table = build_index(manifest, paths.frames, params.kinetics.frames.storage, Path("."))
+    write_index(table, paths.index)
+    classes = read_json(paths.manifest / "classes.json")
+    report = {"clips": len(table), "classes": len(classes),
+              "per_split": {str(k): int(v) for k, v in table["split"].value_counts().items()},
+              "frames_total": int(table["n_frames"].sum()),
+              "missing": len(manifest) - len(table)}
+    write_json(report, paths.report)
+    return report

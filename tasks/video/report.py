@@ -149,3 +149,14 @@ def evaluate_models(settings: KineticsSettings, common: CommonSettings, index_pa
         best = load_trained("besnet", settings, len(classes), artifacts)
         tracking.log_torch_model(best, "model", registered)
     return metrics
+
+
+def evaluate_stage(params) -> dict:
+    """kinetics_evaluate: Top-1/Top-5 with intervals, the dilation ablation, the registry."""
+    from tasks.train import resolve_device
+    from tasks.video.paths import KineticsPaths
+
+    paths = KineticsPaths()
+    return evaluate_models(params.kinetics, params.common, paths.index,
+                           paths.manifest / "classes.json", paths.artifacts, paths.metrics,
+                           paths.plots, resolve_device(params.common.device))

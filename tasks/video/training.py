@@ -234,3 +234,38 @@ def mark_skipped(folder: Path, reason: str) -> None:
     for name in (MODEL_FILE, SUMMARY_FILE):
         (folder / name).unlink(missing_ok=True)
     write_json({"skipped": reason}, folder / SKIPPED_FILE)
+
+
+def _train_stage(names: list[str], stage: str, params) -> dict:
+    from tasks.distributed import cleanup, init_distributed
+    from tasks.video.paths import KineticsPaths
+
+    paths = KineticsPaths()
+    info = init_distributed(params.common.device)
+    try:
+        return train_models(names, params.kinetics, params.common, paths.index,
+                            paths.manifest / "classes.json", paths.artifacts,
+                            paths.checkpoints(stage), info.device, stage)
+    finally:
+        cleanup()
+
+
+def train_stage(params) -> dict:
+    """kinetics_train: BesNet, and its fixed-dilation twin when kinetics.evaluate asks."""
+    from tasks.video.paths import KineticsPaths
+
+    if params.kinetics.evaluate.ablation_dilation:
+        return _train_stage(["besnet", "besnet_fixed"], "kinetics_train", params)
+    mark_skipped(KineticsPaths().artifacts / "besnet_fixed",
+                 "kinetics.evaluate.ablation_dilation is false")
+    return _train_stage(["besnet"], "kinetics_train", params)
+
+
+def baseline_stage(params) -> dict:
+    """kinetics_baseline: the per-frame 2D ResNet + pooling + MLP baseline."""
+    from tasks.video.paths import KineticsPaths
+
+    if not params.kinetics.baseline.enabled:
+        mark_skipped(KineticsPaths().artifacts / "baseline", "kinetics.baseline.enabled is false")
+        return {"models": {}}
+    return _train_stage(["baseline"], "kinetics_baseline", params)

@@ -1,0 +1,45 @@
+"""The crypto next-move pipeline, declared once (see tasks/pipeline.py)."""
+from tasks.crypto.paths import CryptoPaths
+from tasks.pipeline import Out, Pipeline, Stage
+
+P = CryptoPaths()
+
+PIPELINE = Pipeline(
+    name="crypto",
+    model_name="crypto-next-move",
+    metrics_file=str(P.metrics),
+    headline="test.accuracy",
+    baselines=("baselines.majority.accuracy", "baselines.persistence.accuracy"),
+    test_data_stage="crypto_split",
+    data_stages=("crypto_ingest", "crypto_features", "crypto_split"),
+    stages=(
+        Stage("crypto_ingest", "tasks.crypto.ingest:ingest_stage",
+              "candles from the source (demo, file, live via ccxt) into the partitioned store",
+              params=("common.seed", "crypto.source", "crypto.exchange", "crypto.symbols",
+                      "crypto.timeframe", "crypto.model_symbol", "crypto.drop_incomplete",
+                      "crypto.live", "crypto.file", "crypto.demo"),
+              outs=(Out(str(P.raw), persist=True), str(P.ingest_report)),
+              input_params=("crypto.file.path",)),
+        Stage("crypto_features", "tasks.crypto.prepare:features_stage",
+              "causal features and forward labels of the model symbol",
+              params=("crypto.source", "crypto.exchange", "crypto.timeframe", "crypto.features",
+                      "crypto.label", "crypto.model_symbol", "crypto.symbols"),
+              deps=(str(P.raw),), outs=(str(P.features),)),
+        Stage("crypto_split", "tasks.crypto.prepare:split_stage",
+              "chronological train / train-dev / val / test with purge gaps; leak check",
+              params=("crypto.split", "crypto.label.horizon"),
+              deps=(str(P.features),), outs=(str(P.splits),)),
+        Stage("crypto_train", "tasks.crypto.training:train_stage",
+              "baselines, the network, the leak audit and the price-regression illusion",
+              params=("common.seed", "common.device", "common.mlflow", "crypto.model",
+                      "crypto.train", "crypto.leak_audit", "crypto.label", "crypto.split",
+                      "crypto.features", "crypto.source", "crypto.exchange", "crypto.timeframe",
+                      "crypto.model_symbol", "crypto.symbols"),
+              deps=(str(P.features), str(P.splits)), outs=(str(P.artifacts),)),
+        Stage("crypto_evaluate", "tasks.crypto.report:evaluate_stage",
+              "metrics with intervals vs naive baselines, backtest, plots; registers the model",
+              params=("common.seed", "common.mlflow", "crypto.evaluate", "crypto.timeframe"),
+              deps=(str(P.artifacts), str(P.splits)), metrics=(str(P.metrics),),
+              plots=(str(P.plots),)),
+    ),
+)

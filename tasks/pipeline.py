@@ -1,0 +1,260 @@
+"""One pipeline, one declaration: stages in order, and for each the callable, the params it
+reads, the files it reads and writes. dvc.yaml is generated from the declarations
+(`python -m tasks.pipeline write`), the stage flows, CLI, nightly, ablations and demo read them.
+
+A stage's code dependencies are the first-party import closure of its module (tasks/fingerprint),
+so they are complete by construction; its params are enforced at run time by `ParamsView`: a
+stage that reads a key it does not declare fails, naming the key.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks.errors import ConfigError
+
+PIPELINES = {"crypto": "tasks.crypto.pipeline", "quora": "tasks.quora.pipeline",
+             "kinetics": "tasks.video.pipeline"}
+DVC_YAML = Path("dvc.yaml")
+NO_FILE = "inputs/none"   # the path params.yaml gives for "no file": DVC must watch a real path
+
+
+@dataclass(frozen=True)
+class Out:
+    """A stage output; `persist` keeps it between runs (incremental ingest, resumable work)."""
+
+    path: str
+    persist: bool = False
+    cache: bool = True
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str                           # the DVC stage and Prefect flow name: <pipeline>_<step>
+    run: str                            # "module:function", called with the params view
+    doc: str                            # one line: what the stage does
+    params: tuple[str, ...]             # params.yaml keys or sections it reads
+    deps: tuple[str, ...] = ()          # files it reads (earlier stages' outputs)
+    outs: tuple[Out | str, ...] = ()
+    input_params: tuple[str, ...] = ()  # params whose value is a file or folder it reads
+    metrics: tuple[str, ...] = ()
+    plots: tuple[str, ...] = ()
+    extra_modules: tuple[str, ...] = () # modules it loads by name (not by an import statement)
+
+    @property
+    def step(self) -> str:
+        return self.name.split("_", 1)[1]
+
+    @property
+    def module(self) -> str:
+        return self.run.partition(":")[0]
+
+    def callable(self) -> Callable[..., dict]:
+        module, _, name = self.run.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    stages: tuple[Stage, ...]
+    model_name: str                     # the registered MLflow model
+    metrics_file: str
+    headline: str                       # dotted key in the metrics file
+    baselines: tuple[str, ...]          # dotted keys of the naive baselines' headline metric
+    test_data_stage: str                # the stage whose output holds the test split
+    data_stages: tuple[str, ...] = field(default=())  # run once per data setting by ablations
+
+    def stage(self, step_or_name: str) -> Stage:
+        for stage in self.stages:
+            if step_or_name in (stage.step, stage.name):
+                return stage
+        raise ConfigError(f"pipeline {self.name}: no stage {step_or_name!r} "
+                          f"(stages: {', '.join(s.step for s in self.stages)})")
+
+    @property
+    def last(self) -> Stage:
+        return self.stages[-1]
+
+    @property
+    def model_stages(self) -> tuple[Stage, ...]:
+        return tuple(s for s in self.stages if s.name not in self.data_stages)
+
+
+def declaration(name: str) -> Pipeline:
+    """The declared pipeline `name` (crypto, quora, kinetics)."""
+    if name not in PIPELINES:
+        raise ConfigError(f"unknown pipeline {name!r} (known: {', '.join(PIPELINES)})")
+    return importlib.import_module(PIPELINES[name]).PIPELINE
+
+
+def declarations() -> list[Pipeline]:
+    return [declaration(name) for name in PIPELINES]
+
+
+# ---------------------------------------------------------------- params, enforced
+def _allowed(key: str, declared: Iterable[str]) -> bool:
+    return any(key == d or key.startswith(f"{d}.") for d in declared)
+
+
+def _under(key: str, declared: Iterable[str]) -> bool:
+    """`key` is a section holding a declared key (a view of it is fine, a dump is not)."""
+    return _allowed(key, declared) or any(d.startswith(f"{key}.") for d in declared)
+
+
+class UndeclaredParam(ConfigError):
+    """A stage read a params.yaml key its declaration does not list (dvc.yaml would miss it)."""
+
+
+class ParamsView:
+    """Read-only view of the settings that lets a stage read only its declared params and
+    records what it read. Sections come back as views; leaves as their values."""
+
+    def __init__(self, model: Any, declared: tuple[str, ...], stage: str, path: str = "",
+                 read: set[str] | None = None) -> None:
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_declared", declared)
+        object.__setattr__(self, "_stage", stage)
+        object.__setattr__(self, "_path", path)
+        object.__setattr__(self, "_read", set() if read is None else read)
+
+    def _child(self, name: str) -> str:
+        return f"{self._path}.{name}" if self._path else name
+
+    def _check(self, key: str) -> None:
+        if not _allowed(key, self._declared):
+            raise UndeclaredParam(
+                f"stage {self._stage} read params key {key!r} but does not declare it "
+                f"(add it to the stage's params in its pipeline declaration, then "
+                f"`python -m tasks.pipeline write`)")
+        self._read.add(key)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        kind = type(self._model)
+        if name not in kind.model_fields:
+            prop = getattr(kind, name, None)
+            if isinstance(prop, property):
+                return prop.fget(self)  # a computed value reads through the view
+            raise AttributeError(f"{name!r} is not a setting of {self._path or 'params'}")
+        key = self._child(name)
+        value = getattr(self._model, name)
+        if _is_section(value):
+            if not _under(key, self._declared):
+                self._check(key)
+            return ParamsView(value, self._declared, self._stage, key, self._read)
+        self._check(key)
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("settings are read-only")
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        """(name, value) of the declared fields only: what a stage may log or hash."""
+        for name in type(self._model).model_fields:
+            key = self._child(name)
+            if _under(key, self._declared):
+                yield name, getattr(self, name)
+
+    def model_copy(self, update: dict[str, Any] | None = None) -> Any:
+        """A plain copy of a whole declared section (every field is read)."""
+        self._check(self._path)
+        return self._model.model_copy(update=update)
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        self._check(self._path)
+        return self._model.model_dump(**kwargs)
+
+    @property
+    def keys_read(self) -> set[str]:
+        return set(self._read)
+
+    def __repr__(self) -> str:
+        return f"ParamsView({self._path or 'params'}, declared={list(self._declared)})"
+
+
+def _is_section(value: Any) -> bool:
+    from pydantic import BaseModel
+
+    return isinstance(value, BaseModel | ParamsView)
+
+
+# ---------------------------------------------------------------- dvc.yaml
+def stage_modules(pipeline: Pipeline, stage: Stage) -> list[str]:
+    """What `python -m flows.<pipeline> <step>` loads: the CLI and the stage's own module."""
+    return [f"flows.{pipeline.name}", stage.module, *stage.extra_modules]
+
+
+def code_deps(pipeline: Pipeline, stage: Stage) -> list[str]:
+    from tasks.fingerprint import module_closure, relative
+
+    return relative(module_closure(stage_modules(pipeline, stage)))
+
+
+def _out(out: Out | str) -> str | dict:
+    if isinstance(out, str):
+        return out
+    opts = {k: v for k, v in (("persist", out.persist), ("cache", out.cache))
+            if v != Out.__dataclass_fields__[k].default}
+    return {out.path: opts} if opts else out.path
+
+
+def dvc_stage(pipeline: Pipeline, stage: Stage) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "desc": stage.doc,
+        "cmd": f"python -m flows.{pipeline.name} {stage.step}",
+        "deps": [*stage.deps, *(f"${{{p}}}" for p in stage.input_params),
+                 *code_deps(pipeline, stage)],
+        "params": sorted(stage.params),
+    }
+    if stage.outs:
+        entry["outs"] = [_out(o) for o in stage.outs]
+    if stage.metrics:
+        entry["metrics"] = list(stage.metrics)
+    if stage.plots:
+        entry["plots"] = list(stage.plots)
+    return entry
+
+
+HEADER = """\
+# GENERATED from the pipeline declarations (tasks/<pipeline>/pipeline.py) by
+# `python -m tasks.pipeline write`; a test fails when it is out of date. Do not edit by hand.
+# deps: earlier stages' outputs, the files params.yaml names (${...}), and every first-party
+# module the stage imports (its import closure); params: the keys the stage reads (enforced).
+"""
+
+
+def render(pipelines: Iterable[Pipeline] | None = None) -> str:
+    stages = {s.name: dvc_stage(p, s) for p in (pipelines or declarations()) for s in p.stages}
+    body = yaml.safe_dump({"stages": stages}, sort_keys=False, width=100)
+    return HEADER + body
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    text = render()
+    if args[:1] == ["write"]:
+        DVC_YAML.write_text(text)
+        print(f"wrote {DVC_YAML}")
+        return 0
+    if args[:1] == ["check"]:
+        if DVC_YAML.read_text() != text:
+            print(f"{DVC_YAML} is out of date: run `python -m tasks.pipeline write`",
+                  file=sys.stderr)
+            return 1
+        print(f"{DVC_YAML} is up to date")
+        return 0
+    print("usage: python -m tasks.pipeline write|check", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

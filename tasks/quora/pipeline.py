@@ -1,0 +1,40 @@
+"""The Quora duplicate-question pipeline, declared once (see tasks/pipeline.py)."""
+from tasks.pipeline import Out, Pipeline, Stage
+from tasks.quora.paths import QuoraPaths
+
+P = QuoraPaths()
+
+PIPELINE = Pipeline(
+    name="quora",
+    model_name="quora-duplicates",
+    metrics_file=str(P.metrics),
+    headline="test.accuracy",
+    baselines=("baselines.majority.accuracy",),
+    test_data_stage="quora_clean",
+    data_stages=("quora_ingest", "quora_clean"),
+    stages=(
+        Stage("quora_ingest", "tasks.quora.ingest:ingest_stage",
+              "question pairs from the source (demo, file, live TSV) with a quarantine",
+              params=("common.seed", "quora.source", "quora.live", "quora.file", "quora.demo"),
+              outs=(Out(str(P.raw), persist=True),), input_params=("quora.file.path",)),
+        Stage("quora_clean", "tasks.quora.clean:clean_stage",
+              "normalised pairs, short/missing questions dropped, train/train-dev/dev/test split",
+              params=("common.seed", "quora.clean", "quora.split"),
+              deps=(str(P.raw),), outs=(str(P.clean),)),
+        Stage("quora_embed", "tasks.quora.embed:embed_stage",
+              "tokens, TF-IDF fitted on train, word vectors (gensim or a pretrained file)",
+              params=("common.seed", "quora.embed"),
+              deps=(str(P.clean),), outs=(str(P.embed),),
+              input_params=("quora.embed.pretrained_path",)),
+        Stage("quora_train", "tasks.quora.training:train_stage",
+              "the Siamese / FC-head / BiRNN+conv models (the table's configurations too)",
+              params=("common.seed", "common.device", "common.mlflow", "quora.model",
+                      "quora.train", "quora.embed", "quora.evaluate.table"),
+              deps=(str(P.clean), str(P.embed)), outs=(str(P.artifacts),)),
+        Stage("quora_evaluate", "tasks.quora.report:evaluate_stage",
+              "accuracy with intervals vs the majority baseline, the variants table, error "
+              "analysis; registers the model",
+              params=("common.seed", "common.mlflow", "quora.evaluate"),
+              deps=(str(P.artifacts),), metrics=(str(P.metrics),), plots=(str(P.plots),)),
+    ),
+)

@@ -1,0 +1,61 @@
+"""The Kinetics action-recognition pipeline, declared once (see tasks/pipeline.py)."""
+from tasks.pipeline import Out, Pipeline, Stage
+from tasks.video.paths import KineticsPaths
+
+P = KineticsPaths()
+DATA = (str(P.index), str(P.manifest), str(P.frames))
+MODEL_PARAMS = ("common.seed", "common.device", "common.mlflow", "kinetics.train",
+                "kinetics.dataset", "kinetics.frames.storage")
+
+PIPELINE = Pipeline(
+    name="kinetics",
+    model_name="kinetics-besnet",
+    metrics_file=str(P.metrics),
+    headline="test.top1",
+    baselines=("chance_top1",),
+    test_data_stage="kinetics_index",
+    data_stages=("kinetics_download", "kinetics_frames", "kinetics_index"),
+    stages=(
+        Stage("kinetics_download", "tasks.video.download:download_stage",
+              "the manifest from the annotation CSVs, then the annotated sections (yt-dlp, "
+              "HTTP, a local folder) or the synthetic demo clips",
+              params=("common.seed", "common.task_runner", "common.dask_address",
+                      "kinetics.source", "kinetics.annotations", "kinetics.subset",
+                      "kinetics.download", "kinetics.demo"),
+              outs=(str(P.manifest), Out(str(P.clips), persist=True)),
+              input_params=("kinetics.annotations.train", "kinetics.annotations.val",
+                            "kinetics.annotations.test", "kinetics.annotations.classes",
+                            "kinetics.download.local_dir", "kinetics.download.cookies_file")),
+        Stage("kinetics_frames", "tasks.video.frames:frames_stage",
+              "ffmpeg frames (JPEG) or resized video of every clip, resumable",
+              params=("common.task_runner", "common.dask_address", "kinetics.frames"),
+              deps=(str(P.manifest), str(P.clips)), outs=(Out(str(P.frames), persist=True),)),
+        Stage("kinetics_index", "tasks.video.frames:index_stage",
+              "one row per usable clip, and the data report",
+              params=("kinetics.frames.storage",),
+              deps=(str(P.manifest), str(P.frames)), outs=(str(P.index),),
+              metrics=(str(P.report),)),
+        Stage("kinetics_train", "tasks.video.training:train_stage",
+              "BesNet (random temporal dilation), and the fixed-dilation twin for the ablation",
+              params=(*MODEL_PARAMS, "kinetics.model", "kinetics.evaluate.ablation_dilation"),
+              deps=DATA,
+              outs=(str(P.artifacts / "besnet"), str(P.artifacts / "besnet_fixed"),
+                    Out(str(P.checkpoints("kinetics_train")), persist=True, cache=False)),
+              input_params=("kinetics.model.pretrained",)),
+        Stage("kinetics_baseline", "tasks.video.training:baseline_stage",
+              "the per-frame 2D ResNet features + pooling + MLP baseline",
+              params=(*MODEL_PARAMS, "kinetics.baseline"),
+              deps=DATA,
+              outs=(str(P.artifacts / "baseline"),
+                    Out(str(P.checkpoints("kinetics_baseline")), persist=True, cache=False)),
+              input_params=("kinetics.baseline.pretrained",)),
+        Stage("kinetics_evaluate", "tasks.video.report:evaluate_stage",
+              "Top-1/Top-5 with intervals over test views, the dilation ablation, error "
+              "analysis; registers BesNet",
+              params=("common.seed", "common.device", "common.mlflow", "kinetics.model",
+                      "kinetics.baseline", "kinetics.dataset", "kinetics.evaluate"),
+              deps=(str(P.index), str(P.frames), str(P.artifacts / "besnet"),
+                    str(P.artifacts / "besnet_fixed"), str(P.artifacts / "baseline")),
+              metrics=(str(P.metrics),), plots=(str(P.plots),)),
+    ),
+)
