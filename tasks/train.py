@@ -8,6 +8,8 @@ with DistributedDataParallel; without a process group it is a plain single-proce
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import random
 import time
@@ -25,6 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tasks import distributed
 from tasks.diagnostics import GradientDiagnostics
 from tasks.errors import ConfigError, DataError, ReproLabError
+from tasks.fingerprint import code_digest
 from tasks.logs import get_logger
 from tasks.storage import atomic_path
 
@@ -126,6 +129,8 @@ class FitResult:
     best_val_loss: float = math.inf
     stopped_early: bool = False
     diagnostics: list[dict[str, float]] = field(default_factory=list)
+    resumed_from_epoch: int = 0  # the last epoch the resumed checkpoint held; 0 = from scratch
+    steps_run: int = 0  # optimiser steps this call took (a resumed run: only the remaining ones)
 
 
 # ---------------------------------------------------------------- small pieces of the loop
@@ -232,6 +237,36 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
                         path=path) from exc
 
 
+# FitConfig fields a resumed run may change: more epochs continue the run, diagnostics only watch
+_RESUMABLE_CHANGES = ("epochs", "diagnostics_every")
+
+
+def run_identity(model: nn.Module, config: FitConfig, extra: str = "") -> str:
+    """What a checkpoint must have been written by to be resumed: the caller's `extra` (its
+    settings, seed, data and code digests), the code of this loop and of the model's classes,
+    and the FitConfig (all but the fields a resumed run may change)."""
+    modules = sorted({type(m).__module__ for m in model.modules()} | {__name__})
+    settings = {f.name: getattr(config, f.name) for f in fields(config)
+                if f.name not in _RESUMABLE_CHANGES}
+    decisive = {"extra": extra, "code": code_digest(modules), "config": settings}
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _checkpoint_to_resume(path: Path | None, identity: str, main: bool) -> dict[str, Any] | None:
+    """The checkpoint at `path` if this run wrote it (same identity), else None: one written by
+    other code or settings is never resumed, the run starts from scratch (and overwrites it)."""
+    if path is None or not Path(path).exists():
+        return None
+    ckpt = _load_checkpoint(Path(path))
+    if ckpt.get("identity") == identity:
+        return ckpt
+    if main:
+        get_logger().warning(
+            "not resuming %s: written by other code or settings (identity %s, this run %s); "
+            "training from scratch", path, str(ckpt.get("identity"))[:12], identity[:12])
+    return None
+
+
 def _loss_sums(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: torch.device
                ) -> tuple[float, int]:
     """(sum of the per-sample loss, number of samples) over `loader`, in eval mode."""
@@ -251,12 +286,14 @@ def _loss_sums(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: 
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss_fn: Callable,
         config: FitConfig, device: torch.device, *,
         on_epoch: Callable[[dict], None] | None = None,
-        checkpoint_path: Path | None = None) -> FitResult:
+        checkpoint_path: Path | None = None, checkpoint_identity: str = "") -> FitResult:
     """Train with early stopping on val loss; return the model with its best weights loaded.
 
     The LR schedule is per optimizer step: linear warm-up over `warmup_epochs`, then cosine
     decay to zero at the last epoch. With `checkpoint_path`, every epoch is saved and a later
-    call resumes from the next epoch exactly (same weights as an uninterrupted run).
+    call resumes from the next epoch exactly (same weights as an uninterrupted run), provided
+    the checkpoint's identity (`run_identity`: code, FitConfig and the caller's
+    `checkpoint_identity`) is this call's; any other checkpoint is ignored and overwritten.
 
     In a process group of several ranks (torchrun): DistributedDataParallel, each rank trains
     on its share of `train_loader` and validates on its share of `val_loader`; losses in the
@@ -265,6 +302,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
     """
     log = get_logger()
     n_ranks, main = distributed.world_size(), distributed.is_main()
+    identity = (run_identity(model, config, checkpoint_identity)
+                if checkpoint_path is not None else "")
     seed_everything(config.seed)  # every rank alike, so rank 0's saved RNG state fits them all
     _to_device(model, device)
     net: nn.Module = model  # what runs forward and backward; `model` holds the state dicts
@@ -284,11 +323,11 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
 
     history: History = []
     best_val, best_epoch, best_state = math.inf, 0, None
-    start_epoch, stopped_early = 1, False
+    start_epoch, stopped_early, steps_run = 1, False, 0
 
     # every rank resumes from the same file (rank 0 wrote it, the others waited at a barrier)
-    if checkpoint_path is not None and Path(checkpoint_path).exists():
-        ckpt = _load_checkpoint(Path(checkpoint_path))
+    ckpt = _checkpoint_to_resume(checkpoint_path, identity, main)
+    if ckpt is not None:
         try:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -340,6 +379,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 scheduler.step()
+                steps_run += 1
                 optimizer.zero_grad(set_to_none=True)
                 if diagnostics is not None:
                     diagnostics(scheduler.last_epoch, model)
@@ -372,7 +412,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
                         "scheduler": scheduler.state_dict(), "epoch": epoch,
                         "best_state": best_state, "best_val": best_val, "best_epoch": best_epoch,
                         "stopped_early": stopped_early, "history": history,
-                        "rng": _rng_states(train_loader),
+                        "rng": _rng_states(train_loader), "identity": identity,
                     }, tmp)
             distributed.barrier()  # no rank moves on (or returns) before the file is complete
         if on_epoch is not None and main:
@@ -388,7 +428,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
         diagnostics.finish()
     return FitResult(model=model, history=history, best_epoch=best_epoch,
                      best_val_loss=best_val, stopped_early=stopped_early,
-                     diagnostics=diagnostics.history if diagnostics is not None else [])
+                     diagnostics=diagnostics.history if diagnostics is not None else [],
+                     resumed_from_epoch=start_epoch - 1, steps_run=steps_run)
 
 
 def _diagnostics(config: FitConfig, val_loader: DataLoader, device: torch.device

@@ -1,8 +1,9 @@
 """kinetics_train / kinetics_baseline: BesNet (and its fixed-dilation ablation) and the frame
 baseline, trained by the one loop in tasks/train.py on the clip index, logged to MLflow.
 
-Each model's checkpoint is named by a hash of everything that decides its weights (settings,
-seed, index), so a killed run resumes exactly and a changed config never resumes a stale one.
+Each model's checkpoint is named by, and carries, a hash of everything that decides its weights
+(settings, seed, index, training code), so a killed run resumes exactly and a changed config or
+edited code never resumes a stale one.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from models.layers import ViewAverage
 from tasks import distributed, tracking
 from tasks.config import CommonSettings, KineticsSettings, flat_params
 from tasks.errors import DataError
+from tasks.fingerprint import code_digest
 from tasks.logs import get_logger
 from tasks.storage import atomic_path, read_json, read_parquet, write_json
 from tasks.train import FitConfig, fit, seed_everything
@@ -135,21 +137,33 @@ def index_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def checkpoint_path(folder: Path, name: str, settings: KineticsSettings, seed: int,
-                    index_sha: str) -> Path:
-    """folder/{name}-{hash}.ckpt, the hash over what decides the weights."""
-    decisive = {"name": name, "seed": seed, "index": index_sha,
+def training_code_digest() -> str:
+    """SHA-256 of the code that trains a model: this module's first-party import closure
+    (the loop, the models, the dataset, the settings)."""
+    return code_digest([__name__])
+
+
+def checkpoint_identity(name: str, settings: KineticsSettings, seed: int, index_sha: str,
+                        code_sha: str) -> str:
+    """SHA-256 over what decides a model's weights: settings, seed, index and training code."""
+    decisive = {"name": name, "seed": seed, "index": index_sha, "code": code_sha,
                 **{k: flat_params(getattr(settings, k)) for k in
                    ("model", "baseline", "train", "dataset")},
                 "storage": settings.frames.storage}
-    digest = hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode())
-    return Path(folder) / f"{name}-{digest.hexdigest()[:12]}.ckpt"
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def checkpoint_path(folder: Path, name: str, identity: str) -> Path:
+    """folder/{name}-{identity[:12]}.ckpt."""
+    return Path(folder) / f"{name}-{identity[:12]}.ckpt"
 
 
 # ================================================================== one model
 def train_model(name: str, model: nn.Module, splits: ClipSplits, settings: KineticsSettings,
-                common: CommonSettings, device: torch.device, checkpoint: Path) -> dict:
-    """Fit `model` (early stopping on val loss, multi-view val) and return its summary."""
+                common: CommonSettings, device: torch.device, checkpoint: Path,
+                identity: str) -> dict:
+    """Fit `model` (early stopping on val loss, multi-view val) and return its summary; only a
+    checkpoint of the same `identity` is resumed."""
     seed = common.seed
     train_loader = clip_loader(splits.train, settings, seed, train=True)
     val_loader = clip_loader(splits.val, settings, seed, train=False)
@@ -158,11 +172,12 @@ def train_model(name: str, model: nn.Module, splits: ClipSplits, settings: Kinet
                  FitConfig.from_settings(settings.train, seed), device,
                  on_epoch=lambda row: tracking.log_metrics(
                      {k: row[k] for k in ("train_loss", "val_loss", "lr")}, step=row["epoch"]),
-                 checkpoint_path=checkpoint)
+                 checkpoint_path=checkpoint, checkpoint_identity=identity)
     get_logger().info("%s: best epoch %d of %d (val loss %.4f)", name, result.best_epoch,
                       len(result.history), result.best_val_loss)
     return {"history": result.history, "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
+            "resumed_from_epoch": result.resumed_from_epoch,
             "params": sum(p.numel() for p in model.parameters())}
 
 
@@ -203,7 +218,7 @@ def train_models(names: list[str], settings: KineticsSettings, common: CommonSet
     index = read_parquet(index_path)
     classes = read_json(classes_path)
     splits = split_index(index, common.seed, settings.dataset.train_dev_fraction)
-    sha = index_digest(index_path)
+    sha, code_sha = index_digest(index_path), training_code_digest()
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"models": {}, "splits": {
         "train": len(splits.train), "train_dev": len(splits.train_dev), "val": len(splits.val),
@@ -214,10 +229,12 @@ def train_models(names: list[str], settings: KineticsSettings, common: CommonSet
         for name in names:
             seed_everything(common.seed)  # initial weights follow the seed (and pair models)
             model = fresh_model(name, settings, len(classes))
-            ckpt = checkpoint_path(checkpoints, name, settings, common.seed, sha)
+            identity = checkpoint_identity(name, settings, common.seed, sha, code_sha)
+            ckpt = checkpoint_path(checkpoints, name, identity)
             with tracking.run(common, "kinetics", name, nested=True,
                               enabled=distributed.is_main()) as child:
-                fitted = train_model(name, model, splits, settings, common, device, ckpt)
+                fitted = train_model(name, model, splits, settings, common, device, ckpt,
+                                     identity)
                 entry = {**fitted, "mlflow_run_id": child.info.run_id if child else None}
                 if distributed.is_main():
                     save_model(model, out_dir / name / MODEL_FILE)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from models.sequence import build_sequence_model
+from tasks import train as train_module
 from tasks.config import TrainSettings
 from tasks.errors import ConfigError, DataError
 from tasks.train import (
@@ -219,12 +220,27 @@ def test_sgd_and_multiclass_targets():
 
 
 # ---------------------------------------------------------------- checkpoint and resume
-def _fit_with_checkpoint(epochs: int, path, on_epoch=None, cosine: bool = True):
+def _checkpoint_config(epochs: int, cosine: bool = True, lr: float = 5e-3) -> FitConfig:
+    return FitConfig(epochs=epochs, lr=lr, weight_decay=1e-3, patience=10, seed=0,
+                     warmup_epochs=1, cosine=cosine)
+
+
+def _fit_with_checkpoint(epochs: int, path, on_epoch=None, cosine: bool = True,
+                         model: nn.Module | None = None, identity: str = "", lr: float = 5e-3):
     train, val, _ = _loaders()
-    config = FitConfig(epochs=epochs, lr=5e-3, weight_decay=1e-3, patience=10, seed=0,
-                       warmup_epochs=1, cosine=cosine)
-    return fit(_model("tcn", seed=0, dropout=0.2), train, val, nn.BCEWithLogitsLoss(), config,
-               CPU, on_epoch=on_epoch, checkpoint_path=path)
+    model = model if model is not None else _model("tcn", seed=0, dropout=0.2)
+    return fit(model, train, val, nn.BCEWithLogitsLoss(), _checkpoint_config(epochs, cosine, lr),
+               CPU, on_epoch=on_epoch, checkpoint_path=path, checkpoint_identity=identity)
+
+
+def _crash_after_epoch(epochs: int, crash_at: int, path) -> None:
+    """A run of `epochs` killed right after epoch `crash_at` is checkpointed."""
+    def crash(row):
+        if row["epoch"] == crash_at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _fit_with_checkpoint(epochs, path, on_epoch=crash)
 
 
 def _last_weights(path) -> dict[str, torch.Tensor]:
@@ -277,10 +293,58 @@ def test_a_finished_checkpoint_is_not_trained_again_and_a_wrong_one_is_named(tmp
     assert again.history == done.history
 
     train, val, _ = _loaders()
-    with pytest.raises(DataError, match="done.pt"):
-        fit(_model("mlp"), train, val, nn.BCEWithLogitsLoss(), FitConfig(epochs=3, lr=1e-3),
+    with pytest.raises(DataError, match="done.pt"):  # same code and settings, other shapes
+        fit(_model("tcn", hidden=16), train, val, nn.BCEWithLogitsLoss(), _checkpoint_config(3),
             CPU, checkpoint_path=ckpt)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="bad.pt"):
         fit(_model("mlp"), train, val, nn.BCEWithLogitsLoss(), FitConfig(epochs=3, lr=1e-3),
             CPU, checkpoint_path=tmp_path / "bad.pt")
+
+
+# ---------------------------------------------------------------- what is resumed, and how much
+BATCHES_PER_EPOCH = 512 // 64  # _loaders(): 512 training rows in batches of 64
+
+
+def test_a_resumed_run_trains_only_the_remaining_steps_to_the_uninterrupted_weights(tmp_path):
+    ckpt = tmp_path / "crash.pt"
+    _crash_after_epoch(5, 2, ckpt)
+    model = _model("tcn", seed=0, dropout=0.2)
+    batches = []
+    model.register_forward_pre_hook(lambda m, args: batches.append(1) if m.training else None)
+    resumed = _fit_with_checkpoint(5, ckpt, model=model)
+    assert resumed.resumed_from_epoch == 2
+    assert len(batches) == resumed.steps_run == (5 - 2) * BATCHES_PER_EPOCH
+
+    straight = _fit_with_checkpoint(5, tmp_path / "straight.pt")
+    assert straight.resumed_from_epoch == 0 and straight.steps_run == 5 * BATCHES_PER_EPOCH
+    assert _same_weights(resumed.model, straight.model)
+    last, straight_last = _last_weights(ckpt), _last_weights(tmp_path / "straight.pt")
+    assert all(torch.equal(last[k], straight_last[k]) for k in straight_last)
+
+
+@pytest.mark.parametrize("edit", ["code", "caller identity", "settings"])
+def test_a_checkpoint_of_other_code_or_settings_is_not_resumed(tmp_path, monkeypatch, caplog,
+                                                               edit):
+    ckpt = tmp_path / "crash.pt"
+    _crash_after_epoch(4, 2, ckpt)
+    stale = torch.load(ckpt, weights_only=True)["identity"]
+    if edit == "code":  # the training code changed between the kill and the rerun
+        monkeypatch.setattr(train_module, "code_digest", lambda modules: "edited")
+    rows = []
+    result = _fit_with_checkpoint(4, ckpt, on_epoch=rows.append,
+                                  identity="other data" if edit == "caller identity" else "",
+                                  lr=1e-2 if edit == "settings" else 5e-3)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert result.resumed_from_epoch == 0 and result.steps_run == 4 * BATCHES_PER_EPOCH
+    assert "not resuming" in caplog.text and str(ckpt) in caplog.text
+    assert torch.load(ckpt, weights_only=True)["identity"] not in ("", stale)  # overwritten
+
+
+def test_a_checkpoint_without_an_identity_is_not_resumed(tmp_path):
+    ckpt = tmp_path / "old.pt"
+    _crash_after_epoch(4, 2, ckpt)
+    old = torch.load(ckpt, weights_only=True)
+    del old["identity"]  # written before checkpoints carried one
+    torch.save(old, ckpt)
+    assert _fit_with_checkpoint(4, ckpt).resumed_from_epoch == 0

@@ -17,9 +17,17 @@ import torch
 from models.layers import ViewAverage
 from tasks.config import KineticsDataset, KineticsSettings
 from tasks.errors import DataError
+from tasks.fingerprint import code_digest, module_closure, relative
 from tasks.video.dataset import centre_box, three_crop_boxes
 from tasks.video.report import score
-from tasks.video.training import build_baseline, build_besnet, checkpoint_path, split_index
+from tasks.video.training import (
+    build_baseline,
+    build_besnet,
+    checkpoint_identity,
+    checkpoint_path,
+    split_index,
+    training_code_digest,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -68,21 +76,32 @@ def test_unknown_split_names_and_no_training_clips_are_errors():
 
 
 # ================================================================== checkpoint names
-def test_checkpoint_name_follows_what_decides_the_weights(tmp_path):
+def test_checkpoint_identity_follows_what_decides_the_weights(tmp_path):
     base = KineticsSettings()
-    path = checkpoint_path(tmp_path, "besnet", base, 42, "abc")
-    assert path == checkpoint_path(tmp_path, "besnet", KineticsSettings(), 42, "abc")
-    assert path.parent == tmp_path and path.name.startswith("besnet-")
+    identity = checkpoint_identity("besnet", base, 42, "abc", "code")
+    assert identity == checkpoint_identity("besnet", KineticsSettings(), 42, "abc", "code")
+    path = checkpoint_path(tmp_path, "besnet", identity)
+    assert path == tmp_path / f"besnet-{identity[:12]}.ckpt"
     changed = [
-        checkpoint_path(tmp_path, "besnet", base, 43, "abc"),
-        checkpoint_path(tmp_path, "besnet", base, 42, "abd"),
-        checkpoint_path(tmp_path, "besnet_fixed", base, 42, "abc"),
-        checkpoint_path(tmp_path, "besnet", base.model_copy(update={
-            "model": base.model.model_copy(update={"erase_relu": True})}), 42, "abc"),
-        checkpoint_path(tmp_path, "besnet", base.model_copy(update={
-            "train": base.train.model_copy(update={"lr": 0.5})}), 42, "abc"),
+        checkpoint_identity("besnet", base, 43, "abc", "code"),
+        checkpoint_identity("besnet", base, 42, "abd", "code"),
+        checkpoint_identity("besnet", base, 42, "abc", "edited code"),
+        checkpoint_identity("besnet_fixed", base, 42, "abc", "code"),
+        checkpoint_identity("besnet", base.model_copy(update={
+            "model": base.model.model_copy(update={"erase_relu": True})}), 42, "abc", "code"),
+        checkpoint_identity("besnet", base.model_copy(update={
+            "train": base.train.model_copy(update={"lr": 0.5})}), 42, "abc", "code"),
     ]
-    assert len({path, *changed}) == 6
+    assert len({identity, *changed}) == 7
+    assert len({checkpoint_path(tmp_path, "besnet", i) for i in (identity, *changed)}) == 7
+
+
+def test_the_training_code_digest_covers_the_loop_the_models_and_the_dataset():
+    files = relative(module_closure(["tasks.video.training"]))
+    for name in ("tasks/train.py", "models/besnet.py", "models/frame_baseline.py",
+                 "tasks/video/dataset.py", "tasks/video/training.py"):
+        assert name in files
+    assert training_code_digest() == code_digest(["tasks.video.training"])
 
 
 def test_only_the_current_configurations_checkpoint_is_kept(tmp_path):
