@@ -53,7 +53,9 @@ PIPELINE = Pipeline(
               "Top-1/Top-5 with intervals over test views, the dilation ablation, error "
               "analysis; registers BesNet",
               params=("common.seed", "common.device", "common.mlflow", "kinetics.model",
-                      "kinetics.baseline", "kinetics.dataset", "kinetics.evaluate"),
+                      "kinetics.baseline", "kinetics.dataset", "kinetics.evaluate",
+                      "kinetics.frames.storage", "kinetics.train.batch_size",
+                      "kinetics.train.num_workers"),
               deps=(str(P.index), str(P.frames), str(P.artifacts / "besnet"),
                     str(P.artifacts / "besnet_fixed"), str(P.artifacts / "baseline")),
               metrics=(str(P.metrics),), plots=(str(P.plots),)),

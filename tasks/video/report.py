@@ -43,9 +43,7 @@ MODELS = ("besnet", "besnet_fixed", "baseline")
 def load_trained(name: str, settings: KineticsSettings, num_classes: int,
                  artifacts: Path) -> torch.nn.Module:
     """A model of the configured shape with the weights kinetics_train wrote."""
-    model = fresh_model(name, settings.model_copy(update={
-        "model": settings.model.model_copy(update={"pretrained": None}),
-        "baseline": settings.baseline.model_copy(update={"pretrained": None})}), num_classes)
+    model = fresh_model(name, settings, num_classes, imagenet=False)
     path = artifacts / name / MODEL_FILE
     try:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

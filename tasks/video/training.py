@@ -146,9 +146,9 @@ def training_code_digest() -> str:
 def checkpoint_identity(name: str, settings: KineticsSettings, seed: int, index_sha: str,
                         code_sha: str) -> str:
     """SHA-256 over what decides a model's weights: settings, seed, index and training code."""
+    own = "baseline" if name == "baseline" else "model"
     decisive = {"name": name, "seed": seed, "index": index_sha, "code": code_sha,
-                **{k: flat_params(getattr(settings, k)) for k in
-                   ("model", "baseline", "train", "dataset")},
+                **{k: flat_params(getattr(settings, k)) for k in (own, "train", "dataset")},
                 "storage": settings.frames.storage}
     return hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -197,13 +197,16 @@ def save_model(model: nn.Module, dest: Path) -> Path:
     return dest
 
 
-def fresh_model(name: str, settings: KineticsSettings, num_classes: int) -> nn.Module:
+def fresh_model(name: str, settings: KineticsSettings, num_classes: int,
+                imagenet: bool = True) -> nn.Module:
+    """The named model of the configured shape; ImageNet weights inflated when configured and
+    `imagenet` (not when trained weights are about to be loaded)."""
     if name == "baseline":
         model = build_baseline(settings, num_classes)
-        pretrained = settings.baseline.pretrained
+        pretrained = imagenet and settings.baseline.pretrained
     else:
         model = build_besnet(settings, num_classes, "fixed" if name == "besnet_fixed" else None)
-        pretrained = settings.model.pretrained
+        pretrained = imagenet and settings.model.pretrained
     if pretrained:
         load_imagenet(model, pretrained)
     return model
