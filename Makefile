@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+PIP_VERSION ?= 26.3
+# where `make lock` looks: PyPI, and a directory or index that holds the CPU torch wheel
+# (this machine's /opt/wheels; elsewhere TORCH_SOURCE='--extra-index-url https://download.pytorch.org/whl/cpu')
+LOCK_INDEX ?= https://pypi.org/simple
+TORCH_SOURCE ?= --find-links /opt/wheels
 
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PREFECT_HOME ?= $(CURDIR)/.prefect
@@ -22,15 +27,26 @@ export REPROLAB_NIGHTLY_CRON ?= 0 2 * * *
 export REPROLAB_TIMEZONE ?= UTC
 RUN_DIR := $(PREFECT_HOME)/run
 
-.PHONY: venv demo test lint bench clean server worker deploy stop
+.PHONY: venv lock demo test lint bench clean server worker deploy stop
 
-$(BIN)/.installed: pyproject.toml
+# pip itself is pinned: `pip install -r pylock.toml` (PEP 751) is new and still experimental
+$(BIN)/.pip:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# the CPU wheel first: any other torch spec pulls a multi-GB CUDA build
-	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
 	touch $@
+
+# exactly the locked wheels, hashes checked, then the project itself (editable, no deps)
+$(BIN)/.installed: pylock.toml pyproject.toml | $(BIN)/.pip
+	$(BIN)/pip install -q --require-hashes -r pylock.toml
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+# re-resolve pyproject.toml (dev extra included) into pylock.toml. Wheels from PyPI, torch the
+# CPU build from TORCH_SOURCE (a GPU box installs its own torch build on top: see README).
+lock: | $(BIN)/.pip
+	$(BIN)/pip lock -q --isolated --index-url $(LOCK_INDEX) $(TORCH_SOURCE) \
+	  -c <(echo torch==$(TORCH_VERSION)) --only-deps '.[dev]' -o pylock.toml
+	$(PYTHON) -m tasks.lockfile stamp pylock.toml
 
 venv: $(BIN)/.installed
 

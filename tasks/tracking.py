@@ -8,10 +8,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tasks import provenance
 from tasks.config import CommonSettings
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+
+_stage_inputs: list[str] = []
 
 _SECRET = re.compile(r"(api_?key|secret|password|token|passphrase|private)", re.IGNORECASE)
 
@@ -66,6 +69,16 @@ def artifact_location(artifact_dir: str | None, pipeline: str) -> str | None:
     return (Path(artifact_dir).resolve() / pipeline).as_uri()
 
 
+def set_stage_inputs(paths: list[str]) -> None:
+    """The stage about to run reads these paths: every new run gets their DVC hashes as tags."""
+    _stage_inputs[:] = [str(p) for p in paths]
+
+
+def stage_inputs() -> list[str]:
+    """The inputs set by the stage runner (none by default)."""
+    return list(_stage_inputs)
+
+
 @contextmanager
 def run(common: CommonSettings, pipeline: str, run_name: str, *,
         params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
@@ -74,6 +87,7 @@ def run(common: CommonSettings, pipeline: str, run_name: str, *,
     """Start (or resume, given `run_id`) an MLflow run in the pipeline's experiment.
 
     `enabled=False` (every rank but 0 of a torchrun job) yields None and logs nothing.
+    A new run is tagged with its provenance (git, lock, input hashes, versions: tasks.provenance).
     """
     import mlflow
 
@@ -84,8 +98,9 @@ def run(common: CommonSettings, pipeline: str, run_name: str, *,
     if run_id is not None:
         ctx = mlflow.start_run(run_id=run_id, nested=nested)
     else:
+        run_tags = {"pipeline": pipeline, **provenance.tags(_stage_inputs), **(tags or {})}
         ctx = mlflow.start_run(experiment_id=experiment_id(common, pipeline), run_name=run_name,
-                               nested=nested, tags={"pipeline": pipeline, **(tags or {})})
+                               nested=nested, tags=run_tags)
     with ctx as active:
         if params:
             log_params(params)

@@ -1,9 +1,16 @@
-"""MLflow helper: experiment artifact locations, credential redaction, flat metrics."""
+"""MLflow helper: experiment artifact locations, credential redaction, flat metrics, provenance."""
+import hashlib
+import importlib.metadata
+import os
+import subprocess
 from pathlib import Path
 
 import mlflow
+import pytest
+import yaml
+from dvc.repo import Repo
 
-from tasks import tracking
+from tasks import provenance, tracking
 from tasks.config import CommonSettings
 
 
@@ -29,3 +36,83 @@ def test_runs_land_in_the_pipelines_experiment_with_credentials_left_out(tmp_pat
     experiment = mlflow.get_experiment(got.info.experiment_id)
     assert experiment.name == "reprolab-crypto"
     assert experiment.artifact_location == (Path(tmp_path) / "art" / "crypto").as_uri()
+
+
+def sh(cwd: Path, *cmd: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    return subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True,
+                          text=True).stdout
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A git + DVC repo with a lock file, a file input and a directory input, committed."""
+    repo = tmp_path / "repo"
+    (repo / "data" / "frames").mkdir(parents=True)
+    (repo / "data" / "raw.csv").write_text("a,b\n1,2\n")
+    (repo / "data" / "frames" / "0.txt").write_text("zero\n")
+    (repo / "data" / "frames" / "1.txt").write_text("one\n")
+    (repo / "pylock.toml").write_text('lock-version = "1.0"\n')
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  use:\n    cmd: echo done > out.txt\n"
+        "    deps: [data/raw.csv, data/frames]\n    outs: [out.txt]\n")
+    sh(repo, "git", "init", "-q")
+    Repo.init(str(repo)).close()
+    (repo / ".dvc" / "config").write_text("[core]\n    analytics = false\n")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "init")
+    monkeypatch.chdir(repo)
+    monkeypatch.setattr(provenance, "PROJECT_ROOT", repo)
+    yield repo
+    tracking.set_stage_inputs([])
+
+
+def test_input_hashes_equal_what_dvc_repro_writes_to_dvc_lock(project):
+    with Repo(str(project)) as repo:
+        repo.reproduce()
+    locked = {d["path"]: d["md5"] for d in
+              yaml.safe_load((project / "dvc.lock").read_text())["stages"]["use"]["deps"]}
+    assert locked["data/frames"].endswith(".dir")
+    assert provenance.dvc_hash("data/raw.csv") == locked["data/raw.csv"]
+    assert provenance.dvc_hash("data/frames") == locked["data/frames"]
+
+
+def test_input_hashes_outside_a_dvc_repo_and_of_a_missing_path(tmp_path, project):
+    outside = tmp_path / "plain.csv"
+    outside.write_text("a,b\n1,2\n")
+    assert provenance.dvc_hash(outside) == provenance.dvc_hash("data/raw.csv")
+    assert provenance.input_tags(["nope.csv"]) == {"reprolab.input.nope.csv": "unknown"}
+
+
+def test_git_tags_follow_the_commit_and_the_dirty_flag_and_say_unknown_outside_git(
+        tmp_path, project):
+    head = sh(project, "git", "rev-parse", "HEAD").strip()
+    assert provenance.git_commit(project) == head
+    assert provenance.git_dirty(project) == "false"
+    (project / "untracked.txt").write_text("ignored\n")
+    assert provenance.git_dirty(project) == "false"
+    (project / "dvc.yaml").write_text((project / "dvc.yaml").read_text() + "# edit\n")
+    assert provenance.git_dirty(project) == "true"
+    elsewhere = tmp_path / "not-git"
+    elsewhere.mkdir()
+    assert provenance.git_commit(elsewhere) == "unknown"
+    assert provenance.git_dirty(elsewhere) == "unknown"
+
+
+def test_every_new_run_is_tagged_with_its_provenance(tmp_path, project):
+    common = CommonSettings.model_validate({"mlflow": {
+        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+        "artifact_dir": str(tmp_path / "art")}})
+    tracking.set_stage_inputs(["data/raw.csv", "data/frames"])
+    with tracking.run(common, "crypto", "train") as active:
+        pass
+    tags = mlflow.get_run(active.info.run_id).data.tags
+    assert tags["reprolab.git_commit"] == sh(project, "git", "rev-parse", "HEAD").strip()
+    assert tags["reprolab.git_dirty"] == "false"
+    lock_sha = hashlib.sha256((project / "pylock.toml").read_bytes()).hexdigest()
+    assert tags["reprolab.lock_sha256"] == lock_sha
+    assert tags["reprolab.input.data/raw.csv"] == provenance.dvc_hash("data/raw.csv")
+    assert tags["reprolab.input.data/frames"].endswith(".dir")
+    assert tags["reprolab.version.torch"] == importlib.metadata.version("torch")
+    assert {f"reprolab.version.{p}" for p in provenance.KEY_PACKAGES} <= set(tags)
