@@ -144,11 +144,3 @@ def log_torch_model(model: Any, name: str, registered_name: str | None = None,
         serialization_format="pickle",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
     )
-
-
-_STAGE_INPUTS: list[str] = []
-
-
-def set_stage_inputs(paths: list[str]) -> None:
-    """The files the running stage reads (its DVC deps), for provenance tags on its runs."""
-    _STAGE_INPUTS[:] = list(paths)
