@@ -23,11 +23,10 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow
 
 from flows import crypto, kinetics, quora
@@ -36,54 +35,48 @@ from tasks import tracking
 from tasks.ablation import Grid, load_grid, summarize, update_report
 from tasks.config import CommonSettings
 from tasks.errors import ReproLabError
+from tasks.fingerprint import code_digest
 from tasks.logs import get_logger
+from tasks.pipeline import PIPELINES, Out, declaration, stage_modules
 from tasks.storage import read_json, write_json
 
 REPORTS = Path("reports/ablations")
 WORK = Path("artifacts/ablations")
 DONE = "ablation-run.json"
-
-PREP: dict[str, list[Callable[..., Any]]] = {
-    "crypto": [crypto.ingest, crypto.features, crypto.split],
-    "quora": [quora.ingest, quora.clean],
-    "kinetics": [kinetics.download, kinetics.frames, kinetics.index],
-}
-MODEL: dict[str, list[Callable[..., Any]]] = {
-    "crypto": [crypto.train, crypto.evaluate],
-    "quora": [quora.embed, quora.train, quora.evaluate],
-    "kinetics": [kinetics.train, kinetics.evaluate],
-}
-# what the model stages read of the data stages' outputs (linked into every run directory)
-LINKS = {"crypto": ["data/crypto/raw", "data/crypto/features.parquet", "data/crypto/splits"],
-         "quora": ["data/quora/raw", "data/quora/clean"],
-         "kinetics": ["data/kinetics/manifest", "data/kinetics/clips", "data/kinetics/frames",
-                      "data/kinetics/index.parquet", "reports/kinetics"]}
-METRICS = {"crypto": "metrics/crypto.json", "quora": "metrics/quora.json",
-           "kinetics": "metrics/kinetics.json"}
+FLOWS = {"crypto": crypto.FLOWS, "quora": quora.FLOWS, "kinetics": kinetics.FLOWS}
 
 
-def dvc_stages(flows: list[Callable[..., Any]], pipeline_file: Path = Path("dvc.yaml")
-               ) -> list[dict]:
-    """dvc.yaml's entries for these stage flows (a stage flow is named like its DVC stage)."""
-    stages = yaml.safe_load(pipeline_file.read_text())["stages"]
-    return [stages[flow_fn.name] for flow_fn in flows]
+
+def stage_flows(pipeline: str, data: bool) -> list[Any]:
+    """The pipeline's data stages (data=True) or the stages an ablation run trains and scores,
+    as Prefect flows, from its declaration."""
+    spec = declaration(pipeline)
+    flows = FLOWS[pipeline]
+    chosen = [s for s in spec.stages if (s.name in spec.data_stages) == data
+              and s.name not in spec.ablation_skips]
+    return [flows[s.step] for s in chosen]
+
+
+def data_links(pipeline: str) -> list[str]:
+    """What the model stages read of the data stages' outputs (linked into every run)."""
+    spec = declaration(pipeline)
+    return [out.path if isinstance(out, Out) else out for s in spec.stages
+            if s.name in spec.data_stages for out in (*s.outs, *s.metrics)]
 
 
 def data_params(pipeline: str) -> list[str]:
-    """The params.yaml keys the pipeline's data stages depend on (dvc.yaml)."""
-    return [p for stage in dvc_stages(PREP[pipeline]) for p in stage.get("params", [])
-            if isinstance(p, str)]
+    """The params.yaml keys the pipeline's data stages depend on (their declarations)."""
+    spec = declaration(pipeline)
+    return [p for s in spec.stages if s.name in spec.data_stages for p in s.params]
 
 
-def code_digest(flows: list[Callable[..., Any]]) -> str:
-    """SHA-256 of the code these stages depend on (their .py deps in dvc.yaml): a finished run
-    is reused only while that code is unchanged."""
-    files = sorted({dep for stage in dvc_stages(flows) for dep in stage.get("deps", [])
-                    if isinstance(dep, str) and dep.endswith(".py")})
-    digest = hashlib.sha256()
-    for name in files:
-        digest.update(name.encode() + b"\0" + Path(name).read_bytes())
-    return digest.hexdigest()
+def stages_code(pipeline: str, data: bool) -> str:
+    """SHA-256 of the code these stages run (their import closure): a finished run is reused
+    only while that code is unchanged."""
+    spec = declaration(pipeline)
+    modules = sorted({m for s in spec.stages if (s.name in spec.data_stages) == data
+                      for m in stage_modules(spec, s)})
+    return code_digest(modules)
 
 
 def data_overrides(overrides: dict[str, Any], keys: list[str]) -> dict[str, Any]:
@@ -124,19 +117,19 @@ def inside(directory: Path, params_file: Path) -> Iterator[None]:
 def prepare_data(pipeline: str, overrides: dict[str, Any], work: Path, params_file: Path
                  ) -> Path:
     """The data stages once per distinct data setting (and code); returns their directory."""
-    key = json.dumps([overrides, code_digest(PREP[pipeline])], sort_keys=True, default=str)
+    key = json.dumps([overrides, stages_code(pipeline, data=True)], sort_keys=True, default=str)
     directory = work / f"data-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     if (directory / DONE).exists():
         return directory
     with inside(directory, params_file):
-        for stage in PREP[pipeline]:
+        for stage in stage_flows(pipeline, data=True):
             stage(overrides=overrides)
     write_json({"overrides": overrides}, directory / DONE)
     return directory
 
 
 def link_data(pipeline: str, data_dir: Path, run_dir: Path) -> None:
-    for rel in LINKS[pipeline]:
+    for rel in data_links(pipeline):
         link, target = run_dir / rel, (data_dir / rel).resolve()
         if not target.exists():
             raise ReproLabError(f"{target}: the data stages did not write it")
@@ -150,15 +143,15 @@ def run_model(pipeline: str, overrides: dict[str, Any], run_dir: Path, params_fi
               ) -> dict[str, Any]:
     """The model stages in `run_dir`; their metrics. A finished run with the same overrides
     and code is read back, not redone."""
-    done, code = run_dir / DONE, code_digest(MODEL[pipeline])
+    done, code = run_dir / DONE, stages_code(pipeline, data=False)
     same = json.loads(json.dumps(overrides, default=str))
     if done.exists() and (read_json(done)["overrides"], read_json(done).get("code")) == (
             same, code):
         return read_json(done)["metrics"]
     with inside(run_dir, params_file):
-        for stage in MODEL[pipeline]:
+        for stage in stage_flows(pipeline, data=False):
             stage(overrides=overrides)
-        metrics = read_json(METRICS[pipeline])
+        metrics = read_json(declaration(pipeline).metrics_file)
     write_json({"overrides": overrides, "code": code, "metrics": metrics}, done)
     return metrics
 
@@ -261,7 +254,7 @@ def publish(spec: Grid, rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.ablate")
-    parser.add_argument("pipeline", choices=list(PREP))
+    parser.add_argument("pipeline", choices=list(PIPELINES))
     parser.add_argument("--grid", required=True, help="a grid YAML file, or inline YAML")
     parser.add_argument("--seeds", type=int, help="runs per configuration (default: the grid's)")
     args = parser.parse_args(argv)

@@ -10,6 +10,7 @@ from rich.table import Table
 
 import flows.common  # noqa: F401  (telemetry off before Prefect is imported)
 from flows import crypto, kinetics, quora
+from tasks.pipeline import declaration
 from tasks.storage import read_json
 
 console = Console()
@@ -99,22 +100,22 @@ def diagnosis_row(metrics: dict) -> list[tuple[str, str, str]]:
              f"{diagnosis['next_step'].split(':')[0]}")]
 
 
-PIPELINES = {"crypto": (crypto.pipeline, Path("metrics/crypto.json"), crypto_rows),
-             "quora": (quora.pipeline, Path("metrics/quora.json"), quora_rows),
-             "kinetics": (kinetics.pipeline, Path("metrics/kinetics.json"), kinetics_rows)}
+# how the demo prints each declared pipeline's metrics (tasks/<pipeline>/pipeline.py)
+PIPELINES = {"crypto": (crypto.pipeline, crypto_rows), "quora": (quora.pipeline, quora_rows),
+             "kinetics": (kinetics.pipeline, kinetics_rows)}
 
 
 def main() -> int:
     table = Table(title="ReproLab demo results (source: demo)", show_lines=True)
     for col in ("pipeline", "metric", "value", "note"):
         table.add_column(col)
-    for name, (run, metrics_path, rows) in PIPELINES.items():
+    for name, (run, rows) in PIPELINES.items():
         start = time.time()
         console.rule(f"[bold]{name} pipeline")
         result = run()
         console.print(f"{name}: stages run {result['stages_run'] or 'none (up to date)'} "
                       f"in {time.time() - start:.0f} s")
-        metrics = read_json(metrics_path)
+        metrics = read_json(declaration(name).metrics_file)
         for metric, value, note in rows(metrics) + diagnosis_row(metrics):
             table.add_row(name, metric, value, note)
     console.print(table)

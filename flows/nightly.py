@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,38 +29,11 @@ from tasks.config import PIPELINE_NAMES, Params, save_overrides
 from tasks.errors import ReproLabError
 from tasks.evaluate import metric_value
 from tasks.logs import get_logger
+from tasks.pipeline import Pipeline, declaration
 from tasks.storage import read_json, write_json, write_text
 
 PARAMS_FILE = "params.yaml"
 REPORT_DIR = Path("reports/nightly")
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    """What the night needs to know of a pipeline: its DVC stages, registered model, metric."""
-
-    name: str
-    ingest: str
-    final: str
-    model: str
-    metrics: str
-    metric: str
-    baselines: tuple[str, ...]  # naive baselines of the same metric; the best one counts
-    test_stage: str  # the stage whose output holds the test split
-
-
-PIPELINES = {
-    "crypto": Pipeline("crypto", "crypto_ingest", "crypto_evaluate", "crypto-next-move",
-                       "metrics/crypto.json", "test.accuracy",
-                       ("baselines.majority.accuracy", "baselines.persistence.accuracy"),
-                       "crypto_split"),
-    "quora": Pipeline("quora", "quora_ingest", "quora_evaluate", "quora-duplicates",
-                      "metrics/quora.json", "test.accuracy", ("baselines.majority.accuracy",),
-                      "quora_clean"),
-    "kinetics": Pipeline("kinetics", "kinetics_download", "kinetics_evaluate", "kinetics-besnet",
-                         "metrics/kinetics.json", "test.top1", ("chance_top1",),
-                         "kinetics_index"),
-}
 
 
 class StageFailed(ReproLabError):
@@ -115,24 +87,24 @@ def repro(targets: list[str], pipeline: str, **kwargs: Any) -> list[str]:
 @task(name="refresh-data")
 def refresh(spec: Pipeline) -> dict[str, Any]:
     """Run the ingest stage alone, forced: it fetches only what is new."""
-    before = consumed(lock_outs(spec.ingest))
-    repro([spec.ingest], spec.name, force=True, single_item=True)
-    change = data_change(before, consumed(lock_outs(spec.ingest)))
+    before = consumed(lock_outs(spec.stages[0].name))
+    repro([spec.stages[0].name], spec.name, force=True, single_item=True)
+    change = data_change(before, consumed(lock_outs(spec.stages[0].name)))
     get_logger().info("%s: %s", spec.name, "new data" if change["changed"] else "no new data")
     return change
 
 
 @task(name="dvc-repro")
 def reproduce(spec: Pipeline) -> list[str]:
-    return repro([spec.final], spec.name)
+    return repro([spec.last.name], spec.name)
 
 
 def score(spec: Pipeline) -> champion.Score:
     """The pipeline's test metric, its naive baseline and the test data digest from dvc.lock."""
-    metrics = read_json(spec.metrics)
-    test_outs = lock_outs(spec.test_stage)
+    metrics = read_json(spec.metrics_file)
+    test_outs = lock_outs(spec.test_data_stage)
     digest = ",".join(f"{path}:{out['md5']}" for path, out in sorted(test_outs.items()))
-    return champion.Score(spec.metric, metric_value(metrics, spec.metric), digest,
+    return champion.Score(spec.headline, metric_value(metrics, spec.headline), digest,
                           max(metric_value(metrics, key) for key in spec.baselines))
 
 
@@ -160,9 +132,9 @@ RESCORERS: dict[str, Callable[[Params, str], Callable[[str], float]]] = {
 def judge(spec: Pipeline, params: Params) -> dict[str, Any]:
     tracking.configure(params.common)
     rescorer = RESCORERS.get(spec.name)
-    verdict = champion.judge(champion.client(), spec.model, score(spec), params.nightly.margin,
-                             rescorer(params, spec.model) if rescorer else None)
-    get_logger().info("%s: %s", spec.model, verdict.reason)
+    verdict = champion.judge(champion.client(), spec.model_name, score(spec), params.nightly.margin,
+                             rescorer(params, spec.model_name) if rescorer else None)
+    get_logger().info("%s: %s", spec.model_name, verdict.reason)
     return verdict.as_dict()
 
 
@@ -211,7 +183,7 @@ def markdown_row(row: dict[str, Any]) -> str:
     new = "" if verdict["challenger"] is None else f"{verdict['new']:.4f} (v{verdict['challenger']})"
     stages = ", ".join(row["stages_run"]) or "none"
     promoted = "yes" if verdict["promoted"] else "no"
-    return (f"| {row['pipeline']} | {new_data} | {stages} | {PIPELINES[row['pipeline']].metric} "
+    return (f"| {row['pipeline']} | {new_data} | {stages} | {declaration(row['pipeline']).headline} "
             f"| {old} | {new} | {promoted} | {verdict['reason']} |")
 
 
@@ -237,7 +209,7 @@ def nightly(pipelines: list[str] | None = None, overrides: dict[str, Any] | None
     if overrides:
         save_overrides(PARAMS_FILE, overrides)
     params = settings({"nightly.pipelines": pipelines} if pipelines else None)
-    rows = [night_of(PIPELINES[name], params) for name in params.nightly.pipelines]
+    rows = [night_of(declaration(name), params) for name in params.nightly.pipelines]
     failed = [row for row in rows if "error" in row]
     # what did complete is pushed even on a night where a pipeline failed
     pushed = push(params.nightly.remote) if params.nightly.push else None

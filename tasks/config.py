@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from tasks.errors import ConfigError
+from tasks.pipeline import PIPELINES
 
 PARAMS_FILE = Path("params.yaml")
 NO_FILE = "inputs/none"  # "no file" for a path param: DVC lists it as a dep, so it must exist
@@ -458,11 +459,11 @@ class KineticsSettings(Section):
 
 
 # ---------------------------------------------------------------- nightly retraining
-PIPELINE_NAMES = ("crypto", "quora", "kinetics")
+PIPELINE_NAMES = tuple(PIPELINES)  # the declared pipelines (tasks/pipeline.py)
 
 
 class NightlySettings(Section):
-    pipelines: list[Literal["crypto", "quora", "kinetics"]] = list(PIPELINE_NAMES)
+    pipelines: list[str] = list(PIPELINE_NAMES)
     margin: float = Field(0.0, ge=0, description="a challenger must beat the champion by this")
     push: bool = True
     remote: str | None = Field(None, description="DVC remote to push to; None = the default")
@@ -472,6 +473,9 @@ class NightlySettings(Section):
     def _unique(cls, value: list[str]) -> list[str]:
         if not value or len(set(value)) != len(value):
             raise ValueError(f"name each pipeline once, at least one: {value!r}")
+        unknown = [name for name in value if name not in PIPELINE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown pipeline(s) {unknown} (known: {', '.join(PIPELINE_NAMES)})")
         return value
 
 

@@ -71,6 +71,7 @@ class Pipeline:
     baselines: tuple[str, ...]          # dotted keys of the naive baselines' headline metric
     test_data_stage: str                # the stage whose output holds the test split
     data_stages: tuple[str, ...] = field(default=())  # run once per data setting by ablations
+    ablation_skips: tuple[str, ...] = ()  # stages an ablation run leaves out (costly, unneeded)
 
     def stage(self, step_or_name: str) -> Stage:
         for stage in self.stages:

@@ -15,6 +15,7 @@ PIPELINE = Pipeline(
     baselines=("chance_top1",),
     test_data_stage="kinetics_index",
     data_stages=("kinetics_download", "kinetics_frames", "kinetics_index"),
+    ablation_skips=("kinetics_baseline",),  # the ablated switches are BesNet's
     stages=(
         Stage("kinetics_download", "tasks.video.download:download_stage",
               "the manifest from the annotation CSVs, then the annotated sections (yt-dlp, "
