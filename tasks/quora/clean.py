@@ -130,36 +130,52 @@ def check_disjoint(pairs: pd.DataFrame, split: np.ndarray) -> None:
 
 
 @task(name="quora-clean")
-def clean_and_split(settings: QuoraSettings, raw_dir: Path, out_dir: Path, seed: int) -> dict:
-    """Write clean pairs with a `split` column and a report of drops, balance and overlap."""
+def clean_questions(settings: QuoraSettings, raw_dir: Path, out_dir: Path) -> dict:
+    """Write the clean pairs and a report of what was dropped and why."""
     pairs, report = clean_pairs(read_parquet(raw_dir / "pairs.parquet"), settings.clean.min_chars)
+    write_parquet(pairs[["id", "question1", "question2", "is_duplicate"]], out_dir / "pairs.parquet")
+    write_json(report, out_dir / "clean.json")
+    get_logger().info("clean: %d of %d pairs kept, dropped %s, %.1f%% duplicates",
+                      report["pairs_kept"], report["pairs_in"], report["dropped"] or "none",
+                      100 * (report["duplicate_share"] or 0))
+    return report
+
+
+@task(name="quora-split")
+def split_pairs(settings: QuoraSettings, clean_dir: Path, out_dir: Path, seed: int) -> dict:
+    """Write the clean pairs with a `split` column (train / train_dev / dev / test) and a report
+    of both split kinds: sizes, balance and how many pairs share a question with train."""
+    pairs = read_parquet(clean_dir / "pairs.parquet")
     labels = pairs["is_duplicate"].to_numpy()
     kinds = {"random": random_split(labels, settings.split, seed),
              "question_disjoint": disjoint_split(pairs, settings.split, seed)}
     check_disjoint(pairs, kinds["question_disjoint"])
     split = kinds[settings.split.kind]
-    report["split_kind"] = settings.split.kind
-    report["splits"] = {kind: {
+    report = {"split_kind": settings.split.kind, "splits": {kind: {
         "sizes": {s: int((values == s).sum()) for s in SPLITS},
         "duplicate_share": {s: float(labels[values == s].mean()) for s in SPLITS
                             if (values == s).any()},
         "pairs_sharing_a_train_question": shared_questions(pairs, values)}
-        for kind, values in kinds.items()}
-    write_parquet(pairs[["id", "question1", "question2", "is_duplicate"]].assign(
-        split=split.astype(str)), out_dir / "pairs.parquet")
-    write_json(report, out_dir / "clean.json")
-    log = get_logger()
-    log.info("clean: %d of %d pairs kept, dropped %s, %.1f%% duplicates", report["pairs_kept"],
-             report["pairs_in"], report["dropped"] or "none", 100 * report["duplicate_share"])
+        for kind, values in kinds.items()}}
+    write_parquet(pairs.assign(split=split.astype(str)), out_dir / "pairs.parquet")
+    write_json(report, out_dir / "split.json")
     for kind, stats in report["splits"].items():
-        log.info("%s split %s; test pairs sharing a train question: %.1f%%", kind,
-                 stats["sizes"], 100 * stats["pairs_sharing_a_train_question"]["test"])
+        get_logger().info("%s split %s; test pairs sharing a train question: %.1f%%", kind,
+                          stats["sizes"], 100 * stats["pairs_sharing_a_train_question"]["test"])
     return report
 
 
 def clean_stage(params) -> dict:
-    """quora_clean: clean pairs and their split."""
+    """quora_clean: normalised pairs, short and missing questions dropped."""
     from tasks.quora.paths import QuoraPaths
 
     paths = QuoraPaths()
-    return clean_and_split(params.quora, paths.raw, paths.clean, params.common.seed)
+    return clean_questions(params.quora, paths.raw, paths.clean)
+
+
+def split_stage(params) -> dict:
+    """quora_split: train / train-dev / dev / test, read by train and evaluate alike."""
+    from tasks.quora.paths import QuoraPaths
+
+    paths = QuoraPaths()
+    return split_pairs(params.quora, paths.clean, paths.split, params.common.seed)

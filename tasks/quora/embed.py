@@ -271,11 +271,11 @@ def unique_questions(pairs: pd.DataFrame) -> tuple[list[str], np.ndarray]:
 
 
 @task(name="quora-embed")
-def embed_questions(settings: QuoraSettings, clean_dir: Path, out_dir: Path, seed: int) -> dict:
+def embed_questions(settings: QuoraSettings, split_dir: Path, out_dir: Path, seed: int) -> dict:
     """Vectors of every unique question (gensim and, when configured, pretrained; TF-IDF and
     plain means), token ids and the embedding init, all fitted on train questions only."""
     cfg, clock, out_dir = settings.embed, _Stopwatch(), Path(out_dir)
-    pairs_path = Path(clean_dir) / "pairs.parquet"
+    pairs_path = Path(split_dir) / "pairs.parquet"
     pairs = read_pairs(pairs_path)
     questions, pair_index = unique_questions(pairs)
     in_train = np.zeros(len(questions), dtype=bool)
@@ -367,4 +367,4 @@ def embed_stage(params) -> dict:
     from tasks.quora.paths import QuoraPaths
 
     paths = QuoraPaths()
-    return embed_questions(params.quora, paths.clean, paths.embed, params.common.seed)
+    return embed_questions(params.quora, paths.split, paths.embed, params.common.seed)

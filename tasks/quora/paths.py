@@ -18,6 +18,10 @@ class QuoraPaths:
         return self.root / "data/quora/clean"
 
     @property
+    def split(self) -> Path:
+        return self.root / "data/quora/split"
+
+    @property
     def embed(self) -> Path:
         return self.root / "data/quora/embed"
 

@@ -107,11 +107,11 @@ def train_config(cfg: dict, settings: QuoraSettings, pairs: pd.DataFrame, embed_
 
 
 @task(name="quora-train")
-def train_models(settings: QuoraSettings, common: CommonSettings, clean_dir: Path,
+def train_models(settings: QuoraSettings, common: CommonSettings, split_dir: Path,
                  embed_dir: Path, out_dir: Path, device: torch.device) -> dict:
     """Train every configuration of the table (or only the configured one); log each to MLflow."""
     log = get_logger()
-    pairs = read_parquet(clean_dir / "pairs.parquet")
+    pairs = read_parquet(split_dir / "pairs.parquet")
     configs = table_configs(settings, read_json(embed_dir / "embed.json")["sets"])
     predictions = pairs[["id", "is_duplicate", "split"]].copy()
     summary: dict = {"configs": [], "main": None}
@@ -148,5 +148,5 @@ def train_stage(params) -> dict:
 
     paths = QuoraPaths()
     paths.artifacts.mkdir(parents=True, exist_ok=True)
-    return train_models(params.quora, params.common, paths.clean, paths.embed, paths.artifacts,
+    return train_models(params.quora, params.common, paths.split, paths.embed, paths.artifacts,
                         resolve_device(params.common.device))

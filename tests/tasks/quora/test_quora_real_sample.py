@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tasks.config import load_params
-from tasks.quora.clean import check_disjoint, clean_and_split
+from tasks.quora.clean import check_disjoint, clean_questions, split_pairs
 from tasks.quora.embed import embed_questions
 from tasks.quora.ingest import ingest_pairs
 from tasks.quora.paths import QuoraPaths
@@ -28,10 +28,11 @@ def _run(tmp: Path, overrides: dict) -> tuple[QuoraPaths, dict]:
         "common.mlflow.artifact_dir": str(tmp / "mlartifacts"), **overrides})
     paths, q, c = QuoraPaths(tmp), params.quora, params.common
     ingest_pairs.fn(q, paths.raw, c.seed)
-    clean_and_split.fn(q, paths.raw, paths.clean, c.seed)
-    embed_questions.fn(q, paths.clean, paths.embed, c.seed)
+    clean_questions.fn(q, paths.raw, paths.clean)
+    split_pairs.fn(q, paths.clean, paths.split, c.seed)
+    embed_questions.fn(q, paths.split, paths.embed, c.seed)
     paths.artifacts.mkdir(parents=True)
-    train_models.fn(q, c, paths.clean, paths.embed, paths.artifacts, torch.device("cpu"))
+    train_models.fn(q, c, paths.split, paths.embed, paths.artifacts, torch.device("cpu"))
     return paths, evaluate_models.fn(q, c, paths.artifacts, paths.metrics, paths.plots)
 
 
@@ -54,12 +55,13 @@ def test_tfidf_siamese_beats_majority_with_its_whole_interval(random_split):
     assert {p.name for p in paths.plots.iterdir()} >= {"confusion.png", "roc.png"}
 
 
-def test_cleaning_report_counts_the_empty_question(random_split):
+def test_clean_and_split_reports_count_the_empty_question_and_shared_questions(random_split):
     paths, _ = random_split
     report = read_json(paths.clean / "clean.json")
     assert report["pairs_in"] == 26000
     assert sum(report["dropped"].values()) == 26000 - report["pairs_kept"]
     assert report["dropped"]["missing question"] == 1
+    report = read_json(paths.split / "split.json")
     random = report["splits"]["random"]["pairs_sharing_a_train_question"]["test"]
     disjoint = report["splits"]["question_disjoint"]["pairs_sharing_a_train_question"]["test"]
     assert disjoint == 0.0 and random > disjoint
@@ -71,7 +73,8 @@ def test_question_disjoint_split_has_no_shared_question_text(tmp_path):
         "quora.split.kind": "question_disjoint"})
     paths = QuoraPaths(tmp_path)
     ingest_pairs.fn(params.quora, paths.raw, 0)
-    clean_and_split.fn(params.quora, paths.raw, paths.clean, 0)
-    pairs = read_parquet(paths.clean / "pairs.parquet")
+    clean_questions.fn(params.quora, paths.raw, paths.clean)
+    split_pairs.fn(params.quora, paths.clean, paths.split, 0)
+    pairs = read_parquet(paths.split / "pairs.parquet")
     check_disjoint(pairs, pairs["split"].to_numpy())
     assert set(pairs["split"]) == {"train", "train_dev", "dev", "test"}
