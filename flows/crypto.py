@@ -33,7 +33,7 @@ def ingest(overrides: dict[str, Any] | None = None) -> dict:
 @flow(name="crypto_features")
 def features(overrides: dict[str, Any] | None = None) -> dict:
     params = settings(overrides)
-    return build_features(params.crypto, PATHS.raw, PATHS.features)
+    return build_features(params.crypto, PATHS.ingest_report, PATHS.features)
 
 
 @flow(name="crypto_split")

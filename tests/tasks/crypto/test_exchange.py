@@ -11,6 +11,7 @@ from tasks.config import CryptoSettings
 from tasks.crypto import store
 from tasks.crypto.candles import gap_report
 from tasks.crypto.exchange import fetch_ohlcv_range, ingest_live, make_exchange
+from tasks.crypto.store import Partition
 from tasks.errors import ConfigError, FetchError
 from tests.fakes.exchange import FakeBinance, settings_for
 
@@ -33,8 +34,12 @@ def fake():
         server.stop()
 
 
+def live(symbol: str, timeframe: str = "1h") -> Partition:
+    return Partition("live", "binance", symbol, timeframe)
+
+
 def stored_rows(root, symbol: str, timeframe: str = "1h") -> list[list]:
-    frame = store.read_candles(root, "binance", symbol, timeframe)
+    frame = store.read_candles(root, live(symbol, timeframe))
     return [[int(t.value // 1_000_000), o, h, lo, c, v] for t, o, h, lo, c, v in
             frame[["timestamp", "open", "high", "low", "close", "volume"]].itertuples(index=False)]
 
@@ -86,7 +91,7 @@ def test_incremental_rerun_fetches_only_new_candles(fake, tmp_path):
     server = fake(count=30)
     settings = settings_for(server, page_limit=10)
     ingest_live(settings, tmp_path, now=NOW)
-    last = store.last_timestamp_ms(tmp_path, "binance", "BTC/USDT", "1h")
+    last = store.last_timestamp_ms(tmp_path, live("BTC/USDT"))
     assert last == server.bar_time(29)
 
     server.append(10)
@@ -146,7 +151,7 @@ def test_duplicates_merged_and_missing_candles_reported(fake, tmp_path):
     assert len(stored) == 37
     assert report["exact_duplicates"] > 0
     assert report["added"] == 37 and not report["quarantined"]
-    gaps = gap_report(store.read_candles(tmp_path, "binance", "BTC/USDT", "1h"), "1h")
+    gaps = gap_report(store.read_candles(tmp_path, live("BTC/USDT")), "1h")
     assert (gaps["missing"], gaps["gaps"], gaps["longest_gap_bars"]) == (3, 2, 2)
 
 
