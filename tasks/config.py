@@ -92,6 +92,8 @@ class CryptoLive(Section):
 class CryptoFile(Section):
     path: InputPath = None
     format: Literal["auto", "generic", "binance", "ccxt_json"] = "auto"
+    exchange: str | None = Field(None, description="the file's exchange, if it has no column")
+    symbol: str | None = Field(None, description="the file's symbol, if it has no column")
 
 
 class CryptoDemo(Section):

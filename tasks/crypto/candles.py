@@ -125,11 +125,15 @@ def _pick_columns(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     for name, col in picked.items():
         out[name] = frame[col]
     out["volume"] = frame[volume]
+    for name in ("exchange", "symbol"):  # where the file says which market it holds
+        if name in lower:
+            out[name] = frame[lower[name]]
     return out
 
 
 def read_candle_file(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
-    """Read a CSV / parquet / ccxt-JSON candle file; returns candles plus a `_row` column."""
+    """Read a CSV / parquet / ccxt-JSON candle file; returns candles plus a `_row` column (and
+    the file's `exchange` / `symbol` columns where it has them)."""
     path = Path(path)
     if not path.exists():
         raise DataError("candle file not found", path=path)

@@ -21,7 +21,7 @@ import ccxt
 from tasks.config import CryptoLive, CryptoSettings
 from tasks.crypto import store
 from tasks.crypto.candles import drop_incomplete, from_ccxt_rows
-from tasks.crypto.ingest import save_batch
+from tasks.crypto.ingest import live_partition, save_batch
 from tasks.crypto.timeframes import timeframe_ms
 from tasks.errors import ConfigError, FetchError
 from tasks.logs import get_logger
@@ -266,7 +266,8 @@ def ingest_live(settings: CryptoSettings, raw_root: Path,
     report: dict[str, dict] = {}
     for symbol in settings.symbols:
         source = f"{settings.exchange}:{symbol}"
-        last = store.last_timestamp_ms(raw_root, settings.exchange, symbol, timeframe)
+        part = live_partition(settings, symbol)
+        last = store.last_timestamp_ms(raw_root, part)
         since_ms = last + step if last is not None else _ms(live.since)
         end_ms = min(until_ms, now_ms) if until_ms is not None else now_ms
         totals: dict[str, Any] = {"source": source, "since": _iso(since_ms),
@@ -283,7 +284,7 @@ def ingest_live(settings: CryptoSettings, raw_root: Path,
                  _iso(since_ms), f" until {_iso(until_ms)}" if until_ms else "")
         progress = {"candles": 0}
 
-        def on_batch(rows: list[list], symbol: str = symbol, source: str = source,
+        def on_batch(rows: list[list], part: store.Partition = part, source: str = source,
                      totals: dict = totals, progress: dict = progress,
                      since_ms: int = since_ms, end_ms: int = end_ms) -> None:
             frame = from_ccxt_rows(rows)
@@ -291,13 +292,12 @@ def ingest_live(settings: CryptoSettings, raw_root: Path,
             totals["incomplete_dropped"] += len(frame) - len(complete)
             totals["batches"] += 1
             if not complete.empty:
-                _add_counts(totals, save_batch(raw_root, settings.exchange, symbol, timeframe,
-                                               complete, source))
+                _add_counts(totals, save_batch(raw_root, part, complete, source))
             progress["candles"] += len(rows)
             reached = max(r[0] for r in rows) + step
             done = 100 * (reached - since_ms) / max(end_ms - since_ms, 1)
-            log.info("%s %s %s: %d candles so far, reached %s (~%.0f%%)", settings.exchange,
-                     symbol, timeframe, progress["candles"], _iso(reached), min(done, 100))
+            log.info("%s %s %s: %d candles so far, reached %s (~%.0f%%)", part.exchange,
+                     part.symbol, timeframe, progress["candles"], _iso(reached), min(done, 100))
 
         stats = fetch_ohlcv_range(exchange, symbol, timeframe, since_ms, until_ms,
                                   page_limit=live.page_limit, max_retries=live.max_retries,

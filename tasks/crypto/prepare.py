@@ -10,7 +10,6 @@ from prefect import task
 from tasks.config import CryptoSettings
 from tasks.crypto import store
 from tasks.crypto.features import add_labels, compute_features, feature_columns
-from tasks.crypto.ingest import exchange_label
 from tasks.crypto.split import (
     Scaler,
     carve_train_dev,
@@ -23,23 +22,41 @@ from tasks.crypto.split import (
 )
 from tasks.errors import DataError
 from tasks.logs import get_logger
-from tasks.storage import read_parquet, write_json, write_npy, write_parquet
+from tasks.storage import read_json, read_parquet, write_json, write_npy, write_parquet
+
+
+def model_partition(report: dict, model_symbol: str | None, report_path: Path) -> dict:
+    """The ingested partition to model: crypto.model_symbol's, else the first one written."""
+    parts = report.get("partitions") or []
+    if not parts:
+        raise DataError("lists no ingested partitions; run crypto_ingest first", path=report_path,
+                        field="partitions")
+    if model_symbol is None:
+        return parts[0]
+    for part in parts:
+        if part["symbol"] == model_symbol:
+            return part
+    held = ", ".join(f"{p['source']} {p['exchange']} {p['symbol']}" for p in parts)
+    raise DataError(f"crypto.model_symbol {model_symbol!r} was not ingested (ingested: {held}); "
+                    "set it to one of those, or null", path=report_path, field="partitions")
 
 
 @task(name="crypto-features")
-def build_features(settings: CryptoSettings, raw_root: Path, dest: Path) -> dict:
-    """Causal features and forward labels for the model symbol, written as one parquet table."""
-    exchange = exchange_label(settings)
-    candles = store.read_candles(raw_root, exchange, settings.symbol, settings.timeframe)
+def build_features(settings: CryptoSettings, ingest_report: Path, dest: Path) -> dict:
+    """Causal features and forward labels for the model symbol's ingested candles, as one table."""
+    part = model_partition(read_json(ingest_report), settings.model_symbol, ingest_report)
+    candles = store.load_candles(Path(part["path"]))
     if candles.empty:
-        raise DataError(f"no candles for {exchange} {settings.symbol} {settings.timeframe}; "
-                        "run crypto_ingest first", path=raw_root)
+        raise DataError(f"no candles for {part['source']} {part['exchange']} {part['symbol']} "
+                        f"{part['timeframe']} (listed in {ingest_report}); run crypto_ingest",
+                        path=part["path"])
     frame = add_labels(compute_features(candles, settings.features), settings.label)
     write_parquet(frame, dest)
-    summary = {"rows": len(frame), "features": feature_columns(frame),
+    summary = {"candles": part, "rows": len(frame), "features": feature_columns(frame),
                "labelled": int(frame["target"].notna().sum()),
                "up_share": float(frame["target"].mean())}
-    get_logger().info("features: %d rows, %d features, %d labelled (%.1f%% up)", summary["rows"],
+    get_logger().info("features (%s %s %s): %d rows, %d features, %d labelled (%.1f%% up)",
+                      part["source"], part["exchange"], part["symbol"], summary["rows"],
                       len(summary["features"]), summary["labelled"], 100 * summary["up_share"])
     return summary
 
@@ -80,7 +97,7 @@ def build_splits(settings: CryptoSettings, features_path: Path, out_dir: Path) -
 
 def load_segments(split_dir: Path) -> tuple[np.ndarray, pd.DataFrame, dict]:
     """Scaled input rows, the per-sample table, and the split report."""
-    from tasks.storage import read_json, read_npy
+    from tasks.storage import read_npy
 
     return (read_npy(split_dir / "inputs.npy"), read_parquet(split_dir / "samples.parquet"),
             read_json(split_dir / "split.json"))
@@ -91,7 +108,7 @@ def features_stage(params) -> dict:
     from tasks.crypto.paths import CryptoPaths
 
     paths = CryptoPaths()
-    return build_features(params.crypto, paths.raw, paths.features)
+    return build_features(params.crypto, paths.ingest_report, paths.features)
 
 
 def split_stage(params) -> dict:

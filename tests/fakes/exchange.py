@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,12 +45,14 @@ HTML_ERROR = "<html><head><title>500 Internal Server Error</title></head><body><
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One request as the server saw it; `api_key` is the X-MBX-APIKEY header, if any."""
+    """One request as the server saw it; `api_key` is the X-MBX-APIKEY header, if any; `at`
+    its arrival (time.monotonic(), seconds)."""
 
     method: str
     path: str
     query: dict[str, str]
     api_key: str | None = None
+    at: float = 0.0
 
 
 def _ms(value: datetime | int) -> int:
@@ -295,6 +298,9 @@ def _now_ms() -> int:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "FakeBinance/1.0"
+    # headers and body go out in two writes: with Nagle on, the client's delayed ACK adds
+    # ~40 ms to every keep-alive request, which would hide ccxt's own request spacing
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         fake: FakeBinance = self.server.fake  # type: ignore[attr-defined]
@@ -302,7 +308,8 @@ class _Handler(BaseHTTPRequestHandler):
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         with fake._lock:
             fake.requests.append(RecordedRequest(self.command, parts.path, query,
-                                                 self.headers.get("X-MBX-APIKEY")))
+                                                 self.headers.get("X-MBX-APIKEY"),
+                                                 time.monotonic()))
         status, body, headers = fake._route(self.command, parts.path, query)
         text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
         data = text.encode()

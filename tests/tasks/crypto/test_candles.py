@@ -136,11 +136,13 @@ def test_demo_candles_are_deterministic_and_valid():
 def test_file_ingest_quarantines_to_side_file(tmp_path):
     path = _write(tmp_path, GOOD + "2024-01-01 03:00:00,102,104,101,103,-5\n"
                   "2024-01-01 04:00:00,103,104,101,103,5\n")
-    settings = CryptoSettings(source="file", file={"path": str(path)})
+    settings = CryptoSettings(source="file", file={"path": str(path), "exchange": "binance",
+                                                   "symbol": "BTC/USDT"})
     report = ingest_candles.fn(settings, tmp_path / "raw", 0)
     entry = report["symbols"]["BTC/USDT"]
     assert entry["ingest"]["quarantined"] == {"negative volume": 1}
-    quarantine = pd.read_parquet(store.partition(tmp_path / "raw", "binance", "BTC/USDT", "1h")
+    part = store.Partition("file", "binance", "BTC/USDT", "1h")
+    quarantine = pd.read_parquet(store.partition_dir(tmp_path / "raw", part)
                                  / "quarantine.parquet")
     assert quarantine["row"].tolist() == [5]
     # the newest candle of a file is treated as possibly incomplete and not stored
@@ -149,7 +151,8 @@ def test_file_ingest_quarantines_to_side_file(tmp_path):
 
 @needs_shared
 def test_real_binance_klines_csv_descending_with_partial_last_candle(tmp_path):
-    settings = CryptoSettings(source="file", file={"path": str(KLINES)})
+    settings = CryptoSettings(source="file", file={"path": str(KLINES), "exchange": "binance",
+                                                   "symbol": "BTC/USDT"})
     report = ingest_candles.fn(settings, tmp_path / "raw", 0)
     gaps = report["symbols"]["BTC/USDT"]["gaps"]
     assert gaps["candles"] == 8749  # 8,750 rows less the still-open newest candle

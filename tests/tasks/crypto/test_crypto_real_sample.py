@@ -13,7 +13,7 @@ from tasks.crypto.paths import CryptoPaths
 from tasks.crypto.prepare import build_features, build_splits
 from tasks.crypto.report import evaluate_models
 from tasks.crypto.training import train_models
-from tasks.storage import read_json
+from tasks.storage import read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[3]
 SAMPLE = ROOT.parent / "shared" / "data" / "crypto" / "binance_btc_usdt_1h_ccxt.json"
@@ -27,6 +27,7 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("real")
     params = load_params(ROOT / "params.yaml", {
         "crypto.source": "file", "crypto.file.path": str(SAMPLE), "crypto.model.kind": "mlp",
+        "crypto.file.exchange": "binance", "crypto.file.symbol": "BTC/USDT",
         "crypto.train.epochs": 6, "crypto.split.walk_forward.folds": 2,
         "crypto.evaluate.bootstrap": 200,
         "common.mlflow.tracking_uri": f"sqlite:///{tmp}/mlflow.db",
@@ -34,7 +35,8 @@ def run(tmp_path_factory):
     paths = CryptoPaths(tmp)
     crypto, common = params.crypto, params.common
     ingest = ingest_candles.fn(crypto, paths.raw, common.seed)
-    build_features.fn(crypto, paths.raw, paths.features)
+    write_json(ingest, paths.ingest_report)
+    build_features.fn(crypto, paths.ingest_report, paths.features)
     split = build_splits.fn(crypto, paths.features, paths.splits)
     paths.artifacts.mkdir(parents=True)
     train = train_models.fn(crypto, common, paths.features, paths.splits, paths.artifacts,

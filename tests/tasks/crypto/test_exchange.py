@@ -4,17 +4,20 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from tasks.config import CryptoSettings
+from tasks.config import CryptoSettings, load_params
 from tasks.crypto import store
 from tasks.crypto.candles import gap_report
 from tasks.crypto.exchange import fetch_ohlcv_range, ingest_live, make_exchange
+from tasks.crypto.store import Partition
 from tasks.errors import ConfigError, FetchError
 from tests.fakes.exchange import FakeBinance, settings_for
 
 HOUR = 3_600_000
+ROOT = Path(__file__).resolve().parents[3]
 NOW = datetime(2030, 1, 1, tzinfo=UTC)  # long after the fake's bars: all of them closed
 
 
@@ -33,8 +36,12 @@ def fake():
         server.stop()
 
 
+def live(symbol: str, timeframe: str = "1h") -> Partition:
+    return Partition("live", "binance", symbol, timeframe)
+
+
 def stored_rows(root, symbol: str, timeframe: str = "1h") -> list[list]:
-    frame = store.read_candles(root, "binance", symbol, timeframe)
+    frame = store.read_candles(root, live(symbol, timeframe))
     return [[int(t.value // 1_000_000), o, h, lo, c, v] for t, o, h, lo, c, v in
             frame[["timestamp", "open", "high", "low", "close", "volume"]].itertuples(index=False)]
 
@@ -86,7 +93,7 @@ def test_incremental_rerun_fetches_only_new_candles(fake, tmp_path):
     server = fake(count=30)
     settings = settings_for(server, page_limit=10)
     ingest_live(settings, tmp_path, now=NOW)
-    last = store.last_timestamp_ms(tmp_path, "binance", "BTC/USDT", "1h")
+    last = store.last_timestamp_ms(tmp_path, live("BTC/USDT"))
     assert last == server.bar_time(29)
 
     server.append(10)
@@ -99,6 +106,43 @@ def test_incremental_rerun_fetches_only_new_candles(fake, tmp_path):
     server.reset_requests()
     report = ingest_live(settings, tmp_path, now=NOW)["BTC/USDT"]
     assert len(server.klines_requests()) == 1 and report["added"] == 0
+
+
+def klines_gaps(server: FakeBinance) -> list[float]:
+    """Seconds between consecutive klines requests, as the server saw them arrive."""
+    times = [r.at for r in server.klines_requests()]
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+
+def test_shipped_rate_limit_spaces_requests_through_ccxt_throttle(fake, tmp_path, monkeypatch):
+    shipped = load_params(ROOT / "params.yaml").crypto.live.rate_limit
+    assert shipped is True
+    server = fake(count=100)
+    settings = settings_for(server, page_limit=10, rate_limit=shipped)
+    assert make_exchange(settings).enableRateLimit is True and make_exchange(settings).rateLimit == 50
+    made: list = []
+
+    def slower(settings: CryptoSettings):
+        """ccxt's client as shipped, its rateLimit tripled so 60 ms spacing rises above the
+        loopback jitter of a busy machine; the throttle itself is ccxt's own."""
+        exchange = make_exchange(settings)
+        exchange.rateLimit = 150
+        made.append(exchange)
+        return exchange
+
+    monkeypatch.setattr("tasks.crypto.exchange.make_exchange", slower)
+    report = ingest_live(settings, tmp_path / "on", now=NOW)["BTC/USDT"]
+    exchange = made[0]
+    spacing = exchange.rateLimit * exchange.api["public"]["get"]["klines"]["cost"] / 1000
+    assert spacing == pytest.approx(0.06)  # 150 ms x binance's klines cost 0.4
+    assert report["pages"] == 10 and stored_rows(tmp_path / "on", "BTC/USDT") == server.candles()
+    throttled = klines_gaps(server)  # arrival jitter moves single gaps, not their sum
+    assert len(throttled) == 10 and min(throttled) >= 0.5 * spacing
+    assert sum(throttled) >= 0.9 * 10 * spacing
+
+    server.reset_requests()  # the same ingest unthrottled: the test can fail
+    ingest_live(settings_for(server, page_limit=10), tmp_path / "off", now=NOW)
+    assert sum(klines_gaps(server)) < 0.9 * 10 * spacing
 
 
 @pytest.mark.parametrize("status, html", [(429, False), (500, False), (500, True), (504, False)],
@@ -146,7 +190,7 @@ def test_duplicates_merged_and_missing_candles_reported(fake, tmp_path):
     assert len(stored) == 37
     assert report["exact_duplicates"] > 0
     assert report["added"] == 37 and not report["quarantined"]
-    gaps = gap_report(store.read_candles(tmp_path, "binance", "BTC/USDT", "1h"), "1h")
+    gaps = gap_report(store.read_candles(tmp_path, live("BTC/USDT")), "1h")
     assert (gaps["missing"], gaps["gaps"], gaps["longest_gap_bars"]) == (3, 2, 2)
 
 
