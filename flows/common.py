@@ -40,6 +40,17 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def read_profile(path: Path) -> dict[str, Any]:
+    """A profile: one dotted params.yaml key a line with its value (the keys --set takes)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ReproLabError(f"{path}: cannot read the profile ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise ReproLabError(f"{path}: a profile is a mapping of dotted keys to values")
+    return data
+
+
 def dvc_repro(targets: list[str], force: bool = False, single_item: bool = False) -> list[str]:
     """`dvc repro` the targets (DVC decides what is stale); returns the stages that ran.
     `single_item`: only the targets themselves (`dvc repro -s`)."""
@@ -149,9 +160,12 @@ def main(pipeline: Pipeline, flows: dict[str, Any], whole: Any,
     parser.add_argument("stage", choices=[*flows, "pipeline"])
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a params.yaml value (dotted key)")
+    parser.add_argument("--profile", metavar="FILE", help="a YAML file of dotted overrides, "
+                        "e.g. profiles/kinetics-400.yaml (--set wins over it)")
     args = parser.parse_args(argv)
     try:
-        overrides = parse_overrides(args.overrides) or None
+        profile = read_profile(Path(args.profile)) if args.profile else {}
+        overrides = {**profile, **parse_overrides(args.overrides)} or None
         settings(overrides)  # fail fast on a bad params.yaml, before any flow starts
         _dispatch(pipeline, flows, whole, args.stage, overrides)
     except ReproLabError as exc:
