@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import prefect
 import yaml
 
 from tasks.config import Params, load_params
@@ -54,6 +55,11 @@ def in_dvc_repo() -> bool:
     return Path(".dvc").is_dir() and Path("dvc.yaml").exists()
 
 
+def run_tags() -> list[str]:
+    """Tags for the stage's flow run from REPROLAB_RUN_TAGS (comma-separated; may be unset)."""
+    return [t.strip() for t in os.environ.get("REPROLAB_RUN_TAGS", "").split(",") if t.strip()]
+
+
 def main(pipeline: str, stages: dict[str, Callable[..., Any]], argv: list[str] | None = None
          ) -> int:
     """CLI: `python -m flows.<pipeline> <stage> [--set key=value ...]`."""
@@ -65,7 +71,8 @@ def main(pipeline: str, stages: dict[str, Callable[..., Any]], argv: list[str] |
     try:
         overrides = parse_overrides(args.overrides) or None
         settings(overrides)  # fail fast on a bad params.yaml, before any flow starts
-        stages[args.stage](overrides=overrides)
+        with prefect.tags(*run_tags()):  # the caller's tags, e.g. a test finding its own runs
+            stages[args.stage](overrides=overrides)
     except ReproLabError as exc:
         print(f"error: {pipeline} {args.stage}: {exc}", file=sys.stderr)
         return 2
