@@ -86,7 +86,7 @@ def in_dvc_repo() -> bool:
 
 def run_tags() -> list[str]:
     """Extra Prefect tags for every flow run of this process (REPROLAB_RUN_TAGS, comma-separated)."""
-    return [t for t in os.environ.get("REPROLAB_RUN_TAGS", "").split(",") if t.strip()]
+    return [t.strip() for t in os.environ.get("REPROLAB_RUN_TAGS", "").split(",") if t.strip()]
 
 
 def run_stage(stage: Stage, overrides: Mapping[str, Any] | None = None) -> dict:

@@ -1,6 +1,7 @@
 """The one MLflow helper: tracking URI, runs per pipeline, flat metrics, plots, models."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -16,6 +17,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 _stage_inputs: list[str] = []
 
+SUMMARY_TAG = "summary_sha256"  # the digest of the summary file a run wrote (see tag_summary)
 _SECRET = re.compile(r"(api_?key|secret|password|token|passphrase|private)", re.IGNORECASE)
 
 
@@ -144,3 +146,28 @@ def log_torch_model(model: Any, name: str, registered_name: str | None = None,
         serialization_format="pickle",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
     )
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def tag_summary(path: str | os.PathLike) -> None:
+    """Tag the active run with the digest of the summary file it just wrote, so a later stage
+    finds the run from that file alone: DVC outputs carry no run ids (they differ every run)."""
+    import mlflow
+
+    mlflow.set_tag(SUMMARY_TAG, file_sha256(path))
+
+
+def run_that_wrote(common: CommonSettings, pipeline: str, path: str | os.PathLike
+                   ) -> str | None:
+    """The newest run of the pipeline tagged (tag_summary) with this file's digest, or None
+    (e.g. the artifacts came from a DVC remote and the MLflow store is another one)."""
+    import mlflow
+
+    configure(common)
+    runs = mlflow.search_runs(
+        [experiment_id(common, pipeline)], f"tags.{SUMMARY_TAG} = '{file_sha256(path)}'",
+        order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    return runs[0].info.run_id if runs else None

@@ -298,7 +298,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
     In a process group of several ranks (torchrun): DistributedDataParallel, each rank trains
     on its share of `train_loader` and validates on its share of `val_loader`; losses in the
     history are over all ranks; rank 0 alone writes the checkpoint and calls `on_epoch` (meant
-    for logging); every rank returns the same weights, in the plain (unwrapped) module.
+    for logging: a history row plus the epoch's `seconds`, which the history leaves out); every rank returns the same weights, in the plain (unwrapped) module.
     """
     log = get_logger()
     n_ranks, main = distributed.world_size(), distributed.is_main()
@@ -396,11 +396,12 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         stopped_early = epoch - best_epoch >= config.patience and epoch < config.epochs
         row = {"epoch": epoch, "train_loss": train_total / max(train_count, 1),
-               "val_loss": val_loss, "lr": lr, "seconds": time.perf_counter() - started}
-        history.append(row)
+               "val_loss": val_loss, "lr": lr}
+        history.append(row)  # no wall-clock value: the history lands in DVC-tracked artifacts
+        seconds = time.perf_counter() - started
         if main:
             log.info("epoch %d/%d train_loss %.4f val_loss %.4f lr %.2e (%.1fs)%s", epoch,
-                     config.epochs, row["train_loss"], val_loss, lr, row["seconds"],
+                     config.epochs, row["train_loss"], val_loss, lr, seconds,
                      " *" if best_epoch == epoch else "")
 
         # ---- checkpoint (atomically, rank 0 only), then report
@@ -416,7 +417,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
                     }, tmp)
             distributed.barrier()  # no rank moves on (or returns) before the file is complete
         if on_epoch is not None and main:
-            on_epoch(dict(row))
+            on_epoch({**row, "seconds": seconds})  # the epoch's duration: for MLflow only
         if stopped_early and main:
             log.info("early stop: no val improvement for %d epochs (best epoch %d, val_loss %.4f)",
                      config.patience, best_epoch, best_val)

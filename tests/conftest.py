@@ -1,9 +1,12 @@
 """Shared fixtures: the project on sys.path, telemetry off, a real Prefect server when asked."""
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -19,6 +22,12 @@ for key, value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": 
                    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
                    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore"}.items():
     os.environ.setdefault(key, value)
+
+# Prefect's home (profiles, the ephemeral server's database, stored results) is the session's
+# own, never the checkout's .prefect/ that `make demo` fills (the Makefile exports it)
+PREFECT_HOME = Path(tempfile.mkdtemp(prefix="reprolab-tests-prefect-"))
+os.environ["PREFECT_HOME"] = str(PREFECT_HOME)
+atexit.register(shutil.rmtree, PREFECT_HOME, ignore_errors=True)
 
 
 def free_port() -> int:

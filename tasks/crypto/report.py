@@ -144,7 +144,7 @@ def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir:
              metrics["verdict"]["text"])
     log.info("backtest Sharpe %.2f vs buy-and-hold %.2f (fees %.1f bps)", backtest["sharpe"],
              backtest["buy_and_hold_sharpe"], cfg.fee_bps)
-    with tracking.run(common, "crypto", "crypto-evaluate", run_id=trained["mlflow_run_id"]):
+    with tracking.run(common, "crypto", "crypto-evaluate", run_id=tracking.run_that_wrote(common, "crypto", artifacts / "train.json")):
         tracking.log_metrics({k: v for k, v in metrics.items() if k != "split"})
         tracking.log_artifacts(plots, artifact_path="plots")
         tracking.log_artifacts(metrics_path)

@@ -69,11 +69,12 @@ def train_models(settings: CryptoSettings, common: CommonSettings, features_path
     close = features["close"].to_numpy()
     params = {**flat_params(settings, "crypto."), "common.seed": seed, "device": str(device)}
     with tracking.run(common, "crypto", "crypto-train", params=params,
-                      tags={"stage": "crypto_train", "symbol": settings.symbol}) as active:
+                      tags={"stage": "crypto_train", "symbol": settings.symbol}):
         result = train_classifier(
             settings.model, settings.train, {k: v[:2] for k, v in data.items()}, seed, device,
             on_epoch=lambda row: tracking.log_metrics(
-                {k: row[k] for k in ("train_loss", "val_loss", "lr")}, step=row["epoch"]))
+                {k: row[k] for k in ("train_loss", "val_loss", "lr", "seconds")},
+                step=row["epoch"]))
         logistic = logistic_baseline(data["train"][0], data["train"][1], seed)
         horizon = settings.label.horizon
         frames = []
@@ -105,9 +106,10 @@ def train_models(settings: CryptoSettings, common: CommonSettings, features_path
                    "stopped_early": result.stopped_early, "walk_forward": walk,
                    "leak_audit": audit, "regression_illusion": illusion,
                    "train_positive_rate": float(np.mean(data["train"][1])),
-                   "mlflow_run_id": active.info.run_id, "split": split_report["sizes"]}
+                   "split": split_report["sizes"]}
         torch.save(result.model.state_dict(), out_dir / "model.pt")
         write_json(summary, out_dir / "train.json")
+        tracking.tag_summary(out_dir / "train.json")  # evaluate finds this run by it
         tracking.log_metrics({"walk_forward_mean": walk["mean"], "best_epoch": result.best_epoch})
         registered = REGISTERED_MODEL if common.mlflow.register_models else None
         tracking.log_torch_model(result.model.cpu(), "model", registered,

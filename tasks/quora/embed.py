@@ -349,16 +349,16 @@ def embed_questions(settings: QuoraSettings, split_dir: Path, out_dir: Path, see
         "token_coverage": token_coverage,
         "embedding_init_coverage": init_coverage, "sets": sets,
         "primary": f"{cfg.vectors}_{cfg.weighting}", "questions_without_vector": empty_rows,
-        "seed": seed, "seconds": clock.seconds,
+        "seed": seed,  # no durations: embed.json is a DVC output (they go to the log)
     }
     write_json(summary, out_dir / "embed.json")
     get_logger().info(
         "embed: %d pairs, %d questions (%d train); vocab tfidf %d, gensim %d, tokens %d; "
-        "coverage %s; sets %s in %.1f s", len(pairs), len(questions), summary["train_questions"],
+        "coverage %s; sets %s in %.1f s (%s)", len(pairs), len(questions), summary["train_questions"],
         len(words), len(kv), len(vocab),
         ", ".join(f"{k} {v:.1%} of words, {token_coverage[k]:.1%} of tokens"
                   for k, v in coverage.items()), ", ".join(sets),
-        sum(clock.seconds.values()))
+        sum(clock.seconds.values()), ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()))
     return summary
 
 

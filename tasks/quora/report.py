@@ -78,7 +78,7 @@ def evaluate_models(settings: QuoraSettings, common: CommonSettings, artifacts: 
     for row in table:
         log.info("  %-32s accuracy %.3f  F1 %.3f  AUC %.3f", row["config"], row["accuracy"],
                  row["f1"], row["roc_auc"])
-    with tracking.run(common, "quora", "quora-evaluate", run_id=trained["mlflow_run_id"]):
+    with tracking.run(common, "quora", "quora-evaluate", run_id=tracking.run_that_wrote(common, "quora", artifacts / "train.json")):
         tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("table", "config")})
         tracking.log_artifacts(plots, artifact_path="plots")
         tracking.log_artifacts(metrics_path)

@@ -98,7 +98,8 @@ def train_config(cfg: dict, settings: QuoraSettings, pairs: pd.DataFrame, embed_
                  pair_loss(cfg["variant"], settings.model.margin),
                  FitConfig.from_settings(settings.train, seed), device,
                  on_epoch=lambda row: tracking.log_metrics(
-                     {k: row[k] for k in ("train_loss", "val_loss", "lr")}, step=row["epoch"]))
+                     {k: row[k] for k in ("train_loss", "val_loss", "lr", "seconds")},
+                     step=row["epoch"]))
     output = torch.from_numpy(predict(result.model, _loader(a, b, y, 1024, False, seed), device))
     scores = pair_scores(cfg["variant"], output).numpy().astype(np.float64)
     summary = {"history": result.history, "best_epoch": result.best_epoch,
@@ -117,16 +118,16 @@ def train_models(settings: QuoraSettings, common: CommonSettings, split_dir: Pat
     summary: dict = {"configs": [], "main": None}
     params = {**flat_params(settings, "quora."), "common.seed": common.seed}
     with tracking.run(common, "quora", "quora-train", params=params,
-                      tags={"stage": "quora_train"}) as parent:
+                      tags={"stage": "quora_train"}):
         for cfg in configs:
             with tracking.run(common, "quora", cfg["name"], nested=True,
                               params={"config.vectors": cfg["vectors"] or "token_ids",
-                                      "config.variant": cfg["variant"]}) as child:
+                                      "config.variant": cfg["variant"]}):
                 prob, fitted, model = train_config(cfg, settings, pairs, embed_dir,
                                                    common.seed, device)
                 column = f"prob_{len(summary['configs'])}"
                 predictions[column] = prob
-                entry = {**cfg, "column": column, "mlflow_run_id": child.info.run_id, **fitted}
+                entry = {**cfg, "column": column, **fitted}
                 summary["configs"].append(entry)
                 log.info("%s: best epoch %d of %d", cfg["name"], fitted["best_epoch"],
                          len(fitted["history"]))
@@ -135,9 +136,9 @@ def train_models(settings: QuoraSettings, common: CommonSettings, split_dir: Pat
                     torch.save(model.state_dict(), out_dir / "model.pt")
                     registered = REGISTERED_MODEL if common.mlflow.register_models else None
                     tracking.log_torch_model(model.cpu(), "model", registered)
-        summary["mlflow_run_id"] = parent.info.run_id
-    write_parquet(predictions, out_dir / "predictions.parquet")
-    write_json(summary, out_dir / "train.json")
+        write_parquet(predictions, out_dir / "predictions.parquet")
+        write_json(summary, out_dir / "train.json")
+        tracking.tag_summary(out_dir / "train.json")  # evaluate finds this run by it
     return summary
 
 

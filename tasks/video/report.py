@@ -134,8 +134,8 @@ def evaluate_models(settings: KineticsSettings, common: CommonSettings, index_pa
     metrics["diagnosis"] = error_analysis(errors, settings.evaluate.reference_error)
     log.info("besnet: %s", diagnosis_line(metrics["diagnosis"]))
     write_json(metrics, metrics_path)
-    trained = read_json(artifacts / "besnet" / SUMMARY_FILE)
-    with tracking.run(common, "kinetics", "kinetics-evaluate", run_id=trained["mlflow_run_id"]):
+    trained_run = tracking.run_that_wrote(common, "kinetics", artifacts / "besnet" / SUMMARY_FILE)
+    with tracking.run(common, "kinetics", "kinetics-evaluate", run_id=trained_run):
         # per-class accuracies stay in the JSON: class names are not valid MLflow metric keys
         tracking.log_metrics({k: {m: x for m, x in v.items() if m != "per_class"}
                               for k, v in metrics.items()

@@ -171,7 +171,8 @@ def train_model(name: str, model: nn.Module, splits: ClipSplits, settings: Kinet
     result = fit(ViewAverage(model), train_loader, val_loader, nn.CrossEntropyLoss(),
                  FitConfig.from_settings(settings.train, seed), device,
                  on_epoch=lambda row: tracking.log_metrics(
-                     {k: row[k] for k in ("train_loss", "val_loss", "lr")}, step=row["epoch"]),
+                     {k: row[k] for k in ("train_loss", "val_loss", "lr", "seconds")},
+                     step=row["epoch"]),
                  checkpoint_path=checkpoint, checkpoint_identity=identity)
     get_logger().info("%s: best epoch %d of %d (val loss %.4f)", name, result.best_epoch,
                       len(result.history), result.best_val_loss)
@@ -228,23 +229,23 @@ def train_models(names: list[str], settings: KineticsSettings, common: CommonSet
         "test": len(splits.test), "test_split": splits.test_name}}
     params = {**flat_params(settings, "kinetics."), "common.seed": common.seed}
     with tracking.run(common, "kinetics", stage, params=params, tags={"stage": stage},
-                      enabled=distributed.is_main()) as parent:
+                      enabled=distributed.is_main()):
         for name in names:
             seed_everything(common.seed)  # initial weights follow the seed (and pair models)
             model = fresh_model(name, settings, len(classes))
             identity = checkpoint_identity(name, settings, common.seed, sha, code_sha)
             ckpt = checkpoint_path(checkpoints, name, identity)
             with tracking.run(common, "kinetics", name, nested=True,
-                              enabled=distributed.is_main()) as child:
+                              enabled=distributed.is_main()):
                 fitted = train_model(name, model, splits, settings, common, device, ckpt,
                                      identity)
-                entry = {**fitted, "mlflow_run_id": child.info.run_id if child else None}
+                entry = dict(fitted)
                 if distributed.is_main():
                     save_model(model, out_dir / name / MODEL_FILE)
                     write_json(entry, out_dir / name / SUMMARY_FILE)
+                    tracking.tag_summary(out_dir / name / SUMMARY_FILE)  # for evaluate
                     drop_stale_checkpoints(ckpt)
                 summary["models"][name] = entry
-        summary["mlflow_run_id"] = parent.info.run_id if parent else None
     return summary
 
 

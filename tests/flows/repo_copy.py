@@ -27,13 +27,19 @@ def merge(base: dict, extra: dict) -> dict:
     return base
 
 
-def copy_repo(dest: Path) -> Path:
-    """The project's tracked and untracked-not-ignored files, as a fresh git repo."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                            check=True, capture_output=True, text=True).stdout.splitlines()
-    for rel in listed:
-        src = ROOT / rel
-        if src.is_file():
+GENERATED = {"dvc.lock"}  # run state even if someone commits it: a copy starts from scratch
+
+
+def copy_repo(dest: Path, root: Path = ROOT) -> Path:
+    """The files git tracks (their working-tree content), as a fresh git repo. Never untracked
+    files: a demo run leaves generated state (dvc.lock, data/, mlflow.db, .prefect/) in the
+    checkout, and a copy that took it along would start from that run instead of from scratch."""
+    listed = subprocess.run(["git", "ls-files", "-c", "-z"], cwd=root, check=True,
+                            capture_output=True, text=True).stdout.split("\0")
+    for rel in filter(None, listed):
+        src = root / rel
+        # a tracked file deleted in the working tree is left out
+        if src.is_file() and rel not in GENERATED:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],

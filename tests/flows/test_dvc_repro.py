@@ -1,19 +1,17 @@
 """`dvc repro` of every pipeline in a temporary copy of the repo on source: demo, each stage a
 real Prefect flow reporting to a real Prefect server; a second `dvc repro` reproduces nothing."""
 import json
+import uuid
 
 import httpx
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 
 from tests.flows.repo_copy import repo_env, run, small_repo
 
 pytestmark = pytest.mark.slow
-STAGES = ["crypto_ingest", "crypto_features", "crypto_split", "crypto_train", "crypto_evaluate",
-          "quora_ingest", "quora_clean", "quora_embed", "quora_train", "quora_evaluate",
-          "kinetics_download", "kinetics_frames", "kinetics_index", "kinetics_train",
-          "kinetics_baseline", "kinetics_evaluate"]
 KINETICS_KEYS = ["test.top1", "test.top5", "test.top1_ci.low", "baseline.top1",
                  "ablation.dilation.random", "ablation.dilation.fixed",
                  "ablation.dilation.difference_ci.high", "diagnosis.variance",
@@ -24,30 +22,36 @@ QUORA_KEYS = ["test.accuracy", "test.accuracy_ci.low", "test.f1", "test.roc_auc"
 CRYPTO_KEYS = ["test.accuracy", "test.accuracy_ci.low", "test.accuracy_ci.high", "baselines.majority.accuracy",
                "baselines.persistence.accuracy", "leak_audit.leaky.accuracy",
                "leak_audit.leak_free.accuracy", "backtest.sharpe", "backtest.buy_and_hold_sharpe"]
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, prefect_server):
     repo = small_repo(tmp_path_factory.mktemp("repo"))
-    env = repo_env(prefect_server, PYTHONPATH=str(repo))
+    tag = f"test-{uuid.uuid4().hex}"  # this repro's flow runs, apart from the session's others
+    env = repo_env(prefect_server, PYTHONPATH=str(repo), REPROLAB_RUN_TAGS=tag)
     first = run(["dvc", "repro"], repo, env)
-    return repo, env, first
+    env.pop("REPROLAB_RUN_TAGS")
+    return repo, env, first, tag
 
 
 def test_first_repro_runs_every_stage_as_a_flow(repo, prefect_server):
-    path, env, first = repo
-    for stage in STAGES:
+    path, env, first, tag = repo
+    stages = list(yaml.safe_load((path / "dvc.yaml").read_text())["stages"])
+    for stage in stages:
         assert f"Running stage '{stage}'" in first.stdout
-    runs = httpx.post(f"{prefect_server}/flow_runs/filter", json={}).json()
+    runs = httpx.post(f"{prefect_server}/flow_runs/filter",
+                      json={"flow_runs": {"tags": {"all_": [tag]}}}).json()
     flows = {f["id"]: f["name"] for f in httpx.post(f"{prefect_server}/flows/filter",
                                                     json={}).json()}
     states: dict[str, list[str]] = {}
-    for r in runs:  # the server is shared by the session: other tests' runs are there too
+    for r in runs:
         states.setdefault(flows[r["flow_id"]], []).append(r["state_type"])
-    for stage in STAGES:
-        assert "COMPLETED" in states.get(stage, []), states
+    # exactly one completed flow run per stage, from this repro (not from other tests' runs)
+    assert {s: states.get(s) for s in stages} == {s: ["COMPLETED"] for s in stages}, states
 
 
 def test_second_repro_reproduces_nothing_and_status_is_clean(repo):
-    path, env, _ = repo
+    path, env, _, _ = repo
     second = run(["dvc", "repro"], path, env)
     assert "Running stage" not in second.stdout
     assert "up to date" in second.stdout
@@ -60,7 +64,7 @@ def test_second_repro_reproduces_nothing_and_status_is_clean(repo):
                                            ("reports/kinetics/data.json", ["clips", "classes"]),
                                            ("metrics/kinetics.json", KINETICS_KEYS)])
 def test_metrics_show_lists_the_interface_keys(repo, path, keys):
-    repo_path, env, _ = repo
+    repo_path, env, _, _ = repo
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo_path, env).stdout)
     metrics = shown[""]["data"][path]["data"]
     for dotted in keys:
@@ -71,7 +75,7 @@ def test_metrics_show_lists_the_interface_keys(repo, path, keys):
 
 
 def test_mlflow_sqlite_store_holds_the_runs_and_models(repo):
-    path, _, _ = repo
+    path, _, _, _ = repo
     assert (path / "mlflow.db").exists()
     mlflow.set_tracking_uri(f"sqlite:///{path}/mlflow.db")
     client = mlflow.tracking.MlflowClient()
@@ -93,7 +97,7 @@ def test_mlflow_sqlite_store_holds_the_runs_and_models(repo):
 
 
 def test_kinetics_index_lists_every_demo_clip(repo):
-    path, _, _ = repo
+    path, _, _, _ = repo
     index = pd.read_parquet(path / "data/kinetics/index.parquet")
     assert len(index) == 6 * 3 and set(index["status"]) == {"ok"}
     assert (index["n_frames"] >= 6).all()

@@ -116,3 +116,23 @@ def test_every_new_run_is_tagged_with_its_provenance(tmp_path, project):
     assert tags["reprolab.input.data/frames"].endswith(".dir")
     assert tags["reprolab.version.torch"] == importlib.metadata.version("torch")
     assert {f"reprolab.version.{p}" for p in provenance.KEY_PACKAGES} <= set(tags)
+
+
+def test_a_later_stage_finds_the_run_that_wrote_a_summary_by_its_content(tmp_path):
+    common = CommonSettings.model_validate({"mlflow": {
+        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+        "artifact_dir": str(tmp_path / "art")}})
+    summary = tmp_path / "train.json"
+    assert tracking.run_that_wrote(common, "crypto", tmp_path / "mlflow.db") is None
+    runs = []
+    for text in ('{"loss": 1}\n', '{"loss": 2}\n', '{"loss": 1}\n'):
+        with tracking.run(common, "crypto", "train") as active:
+            summary.write_text(text)
+            tracking.tag_summary(summary)
+        runs.append(active.info.run_id)
+    # same content (an unchanged retrain): the newest run that wrote it
+    assert tracking.run_that_wrote(common, "crypto", summary) == runs[2]
+    summary.write_text('{"loss": 2}\n')
+    assert tracking.run_that_wrote(common, "crypto", summary) == runs[1]
+    summary.write_text('{"loss": 3}\n')
+    assert tracking.run_that_wrote(common, "crypto", summary) is None

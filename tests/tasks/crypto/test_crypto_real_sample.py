@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from tasks import tracking
 from tasks.config import load_params
 from tasks.crypto.ingest import ingest_candles
 from tasks.crypto.paths import CryptoPaths
@@ -91,7 +92,8 @@ def test_price_regressor_is_no_better_than_copying_the_last_price(run):
 
 def test_mlflow_run_holds_params_metrics_and_model(run):
     mlflow.set_tracking_uri(run["common"].mlflow.tracking_uri)
-    found = mlflow.get_run(run["train"]["mlflow_run_id"])
+    run_id = tracking.run_that_wrote(run["common"], "crypto", run["paths"].artifacts / "train.json")
+    found = mlflow.get_run(run_id)  # train's run, which evaluate resumed
     assert found.data.params["crypto.source"] == "file"
     assert "test.accuracy" in found.data.metrics and "val_loss" in found.data.metrics
     history = mlflow.tracking.MlflowClient().get_metric_history(found.info.run_id, "val_loss")

@@ -309,7 +309,7 @@ def test_embed_questions_writes_every_file(tmp_path, clean_dir):
     assert report["questions"] == n_q and report["sets"] == sets
     assert report["train_questions"] < n_q
     assert 0 < report["coverage"]["pretrained"] < 1 and report["coverage"]["gensim"] == 1.0
-    assert set(report["seconds"]) >= {"tokenize", "tfidf", "train_vectors", "write"}
+    assert "seconds" not in report  # a DVC output carries no wall-clock value
 
     # Same seed, same vectors; a run without pretrained vectors drops the old pretrained sets.
     again = tmp_path / "again"
