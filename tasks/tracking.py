@@ -171,3 +171,29 @@ def run_that_wrote(common: CommonSettings, pipeline: str, path: str | os.PathLik
         [experiment_id(common, pipeline)], f"tags.{SUMMARY_TAG} = '{file_sha256(path)}'",
         order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
     return runs[0].info.run_id if runs else None
+
+
+def register_model(common: CommonSettings, run_id: str | None, registered_name: str,
+                   artifact: str = "model") -> str | None:
+    """Register the model that run `run_id` logged (as `artifact`) under `registered_name`:
+    the one place a pipeline's model is registered (its evaluate stage). Returns the version,
+    or None when registration is off or the run logged no model (said in the log)."""
+    import mlflow
+
+    from tasks.logs import get_logger
+
+    if not common.mlflow.register_models:
+        return None
+    run = mlflow.get_run(run_id) if run_id else None
+    found = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{artifact}'",
+        output_format="list") if run else []
+    if not found:
+        get_logger().warning("%s not registered: no logged model %r in the training run %s "
+                             "(rerun the train stage: dvc repro -f -s <pipeline>_train)",
+                             registered_name, artifact, run_id)
+        return None
+    version = mlflow.register_model(found[0].model_uri, registered_name).version
+    get_logger().info("registered %s version %s", registered_name, version)
+    return str(version)

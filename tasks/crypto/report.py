@@ -12,6 +12,7 @@ from tasks import tracking
 from tasks.config import CommonSettings, CryptoSettings
 from tasks.crypto.backtest import backtest_long_flat, buy_and_hold, plot_equity
 from tasks.crypto.modeling import predict_proba
+from tasks.crypto.pipeline import PIPELINE
 from tasks.crypto.prepare import load_segments
 from tasks.crypto.timeframes import bars_per_year
 from tasks.crypto.training import segment_data
@@ -144,10 +145,12 @@ def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir:
              metrics["verdict"]["text"])
     log.info("backtest Sharpe %.2f vs buy-and-hold %.2f (fees %.1f bps)", backtest["sharpe"],
              backtest["buy_and_hold_sharpe"], cfg.fee_bps)
-    with tracking.run(common, "crypto", "crypto-evaluate", run_id=tracking.run_that_wrote(common, "crypto", artifacts / "train.json")):
+    trained_run = tracking.run_that_wrote(common, "crypto", artifacts / "train.json")
+    with tracking.run(common, "crypto", "crypto-evaluate", run_id=trained_run):
         tracking.log_metrics({k: v for k, v in metrics.items() if k != "split"})
         tracking.log_artifacts(plots, artifact_path="plots")
         tracking.log_artifacts(metrics_path)
+    tracking.register_model(common, trained_run, PIPELINE.model_name)
     return metrics
 
 

@@ -23,8 +23,6 @@ from tasks.crypto.split import windows
 from tasks.logs import get_logger
 from tasks.storage import read_parquet, write_json, write_parquet
 
-REGISTERED_MODEL = "crypto-next-move"
-
 
 def segment_data(inputs: np.ndarray, samples: pd.DataFrame, window: int) -> dict[str, tuple]:
     data = {}
@@ -111,8 +109,7 @@ def train_models(settings: CryptoSettings, common: CommonSettings, features_path
         write_json(summary, out_dir / "train.json")
         tracking.tag_summary(out_dir / "train.json")  # evaluate finds this run by it
         tracking.log_metrics({"walk_forward_mean": walk["mean"], "best_epoch": result.best_epoch})
-        registered = REGISTERED_MODEL if common.mlflow.register_models else None
-        tracking.log_torch_model(result.model.cpu(), "model", registered,
+        tracking.log_torch_model(result.model.cpu(), "model",  # registered by evaluate
                                  input_example=data["test"][0][:2])
     return summary
 

@@ -21,6 +21,7 @@ from tasks.evaluate import (
     plot_roc,
 )
 from tasks.logs import get_logger
+from tasks.quora.pipeline import PIPELINE
 from tasks.storage import read_json, read_parquet, write_json
 
 
@@ -78,10 +79,12 @@ def evaluate_models(settings: QuoraSettings, common: CommonSettings, artifacts: 
     for row in table:
         log.info("  %-32s accuracy %.3f  F1 %.3f  AUC %.3f", row["config"], row["accuracy"],
                  row["f1"], row["roc_auc"])
-    with tracking.run(common, "quora", "quora-evaluate", run_id=tracking.run_that_wrote(common, "quora", artifacts / "train.json")):
+    trained_run = tracking.run_that_wrote(common, "quora", artifacts / "train.json")
+    with tracking.run(common, "quora", "quora-evaluate", run_id=trained_run):
         tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("table", "config")})
         tracking.log_artifacts(plots, artifact_path="plots")
         tracking.log_artifacts(metrics_path)
+    tracking.register_model(common, trained_run, PIPELINE.model_name)
     return metrics
 
 

@@ -22,8 +22,6 @@ from tasks.logs import get_logger
 from tasks.storage import read_json, read_npy, read_parquet, write_json, write_parquet
 from tasks.train import FitConfig, fit, predict, seed_everything
 
-REGISTERED_MODEL = "quora-duplicates"
-
 
 def table_configs(settings: QuoraSettings, available: list[str]) -> list[dict]:
     """The note's configurations that the available vectors allow, the configured one marked."""
@@ -132,10 +130,9 @@ def train_models(settings: QuoraSettings, common: CommonSettings, split_dir: Pat
                 log.info("%s: best epoch %d of %d", cfg["name"], fitted["best_epoch"],
                          len(fitted["history"]))
                 if cfg.get("main"):
-                    summary["main"] = entry
+                    summary["main"], main_model = entry, model.cpu()
                     torch.save(model.state_dict(), out_dir / "model.pt")
-                    registered = REGISTERED_MODEL if common.mlflow.register_models else None
-                    tracking.log_torch_model(model.cpu(), "model", registered)
+        tracking.log_torch_model(main_model, "model")  # in the stage's run; evaluate registers
         write_parquet(predictions, out_dir / "predictions.parquet")
         write_json(summary, out_dir / "train.json")
         tracking.tag_summary(out_dir / "train.json")  # evaluate finds this run by it

@@ -26,6 +26,10 @@ class KineticsPaths:
         return self.root / "data/kinetics/index.parquet"
 
     @property
+    def split(self) -> Path:
+        return self.root / "data/kinetics/split"
+
+    @property
     def report(self) -> Path:
         return self.root / "reports/kinetics/data.json"
 

@@ -3,7 +3,7 @@ from tasks.pipeline import Out, Pipeline, Stage
 from tasks.video.paths import KineticsPaths
 
 P = KineticsPaths()
-DATA = (str(P.index), str(P.manifest), str(P.frames))
+DATA = (str(P.split), str(P.manifest), str(P.frames))
 MODEL_PARAMS = ("common.seed", "common.device", "common.mlflow", "kinetics.train",
                 "kinetics.dataset", "kinetics.frames.storage")
 
@@ -13,8 +13,8 @@ PIPELINE = Pipeline(
     metrics_file=str(P.metrics),
     headline="test.top1",
     baselines=("chance_top1",),
-    test_data_stage="kinetics_index",
-    data_stages=("kinetics_download", "kinetics_frames", "kinetics_index"),
+    test_data_stage="kinetics_split",
+    data_stages=("kinetics_download", "kinetics_frames", "kinetics_index", "kinetics_split"),
     ablation_skips=("kinetics_baseline",),  # the ablated switches are BesNet's
     stages=(
         Stage("kinetics_download", "tasks.video.download:download_stage",
@@ -36,6 +36,11 @@ PIPELINE = Pipeline(
               params=("kinetics.frames.storage",),
               deps=(str(P.manifest), str(P.frames)), outs=(str(P.index),),
               metrics=(str(P.report),)),
+        Stage("kinetics_split", "tasks.video.splits:split_stage",
+              "train / train-dev / val / test clips (10% of train as val when the list has "
+              "none; val reported when it has no test)",
+              params=("common.seed", "kinetics.dataset.train_dev_fraction"),
+              deps=(str(P.index),), outs=(str(P.split),)),
         Stage("kinetics_train", "tasks.video.training:train_stage",
               "BesNet (random temporal dilation), and the fixed-dilation twin for the ablation",
               params=(*MODEL_PARAMS, "kinetics.model", "kinetics.evaluate.ablation_dilation"),
@@ -57,7 +62,7 @@ PIPELINE = Pipeline(
                       "kinetics.baseline", "kinetics.dataset", "kinetics.evaluate",
                       "kinetics.frames.storage", "kinetics.train.batch_size",
                       "kinetics.train.num_workers"),
-              deps=(str(P.index), str(P.frames), str(P.artifacts / "besnet"),
+              deps=(str(P.split), str(P.manifest), str(P.frames), str(P.artifacts / "besnet"),
                     str(P.artifacts / "besnet_fixed"), str(P.artifacts / "baseline")),
               metrics=(str(P.metrics),), plots=(str(P.plots),)),
     ),

@@ -25,16 +25,15 @@ from tasks.evaluate import (
     topk_accuracy,
 )
 from tasks.logs import get_logger
-from tasks.storage import read_json, read_parquet, write_json
+from tasks.storage import read_json, write_json
 from tasks.train import predict
+from tasks.video.pipeline import PIPELINE
+from tasks.video.splits import ClipSplits, read_splits
 from tasks.video.training import (
     MODEL_FILE,
-    REGISTERED_MODEL,
     SUMMARY_FILE,
-    ClipSplits,
     clip_loader,
     fresh_model,
-    split_index,
 )
 
 MODELS = ("besnet", "besnet_fixed", "baseline")
@@ -94,14 +93,14 @@ def split_errors(model: nn.Module, splits: ClipSplits, settings: KineticsSetting
     return errors
 
 
-def evaluate_models(settings: KineticsSettings, common: CommonSettings, index_path: Path,
+def evaluate_models(settings: KineticsSettings, common: CommonSettings, split_dir: Path,
                     classes_path: Path, artifacts: Path, metrics_path: Path, plots: Path,
                     device: torch.device) -> dict:
-    """Score every model kinetics_train / kinetics_baseline wrote; metrics JSON, plots, MLflow."""
+    """Score every model kinetics_train / kinetics_baseline wrote on kinetics_split's test
+    clips; metrics JSON, plots, MLflow."""
     log = get_logger()
     classes = read_json(classes_path)
-    splits = split_index(read_parquet(index_path), common.seed,
-                         settings.dataset.train_dev_fraction)
+    splits = read_splits(split_dir)
     labels = splits.test["class_index"].to_numpy()
     loader = clip_loader(splits.test, settings, common.seed, train=False)
     names = [n for n in MODELS if (artifacts / n / MODEL_FILE).exists()]
@@ -143,9 +142,7 @@ def evaluate_models(settings: KineticsSettings, common: CommonSettings, index_pa
                                        "diagnosis")})
         tracking.log_artifacts(plots, artifact_path="plots")
         tracking.log_artifacts(metrics_path)
-        registered = REGISTERED_MODEL if common.mlflow.register_models else None
-        best = load_trained("besnet", settings, len(classes), artifacts)
-        tracking.log_torch_model(best, "model", registered)
+    tracking.register_model(common, trained_run, PIPELINE.model_name)
     return metrics
 
 
@@ -155,6 +152,6 @@ def evaluate_stage(params) -> dict:
     from tasks.video.paths import KineticsPaths
 
     paths = KineticsPaths()
-    return evaluate_models(params.kinetics, params.common, paths.index,
+    return evaluate_models(params.kinetics, params.common, paths.split,
                            paths.manifest / "classes.json", paths.artifacts, paths.metrics,
                            paths.plots, resolve_device(params.common.device))

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -27,12 +25,11 @@ from tasks.config import CommonSettings, KineticsSettings, flat_params
 from tasks.errors import DataError
 from tasks.fingerprint import code_digest
 from tasks.logs import get_logger
-from tasks.storage import atomic_path, read_json, read_parquet, write_json
+from tasks.storage import atomic_path, read_json, write_json
 from tasks.train import FitConfig, fit, seed_everything
 from tasks.video.dataset import ClipDataset
+from tasks.video.splits import CLIPS_FILE, ClipSplits, read_splits
 
-REGISTERED_MODEL = "kinetics-besnet"
-SPLITS = ("train", "val", "test")
 MODEL_FILE, SUMMARY_FILE, SKIPPED_FILE = "model.pt", "train.json", "skipped.json"
 
 
@@ -75,50 +72,6 @@ def load_imagenet(model: nn.Module, path: str) -> None:
 
 
 # ================================================================== data
-@dataclass(frozen=True)
-class ClipSplits:
-    """The index split four ways; `test_name` says which split the test numbers come from.
-    train_dev: training-distribution clips held out of training (for the variance estimate)."""
-
-    train: pd.DataFrame
-    val: pd.DataFrame
-    test: pd.DataFrame
-    test_name: str
-    train_dev: pd.DataFrame = field(default_factory=pd.DataFrame)
-
-
-def hold_out(frame: pd.DataFrame, fraction: float, seed: int
-             ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(kept, held): `fraction` of each class's rows held out (seeded), at least one per class
-    with two or more rows, none when fraction is 0."""
-    if fraction <= 0 or frame.empty:
-        return frame.reset_index(drop=True), frame.iloc[0:0].reset_index(drop=True)
-    rng = np.random.default_rng(seed)
-    held = []
-    for _, rows in frame.groupby("class_index", sort=True):
-        n = min(len(rows) - 1, max(1, round(fraction * len(rows))))
-        held.extend(rng.choice(rows.index.to_numpy(), size=n, replace=False).tolist() if n else [])
-    return (frame.drop(index=held).reset_index(drop=True),
-            frame.loc[sorted(held)].reset_index(drop=True))
-
-
-def split_index(index: pd.DataFrame, seed: int, train_dev_fraction: float = 0.0) -> ClipSplits:
-    """train / val / test from the index's `split`; without val, 10% of train per class (seeded);
-    without test (Kinetics' test labels are not public everywhere), the val split is reported;
-    then `train_dev_fraction` of each class's training clips is held out as train-dev."""
-    unknown = set(index["split"]) - set(SPLITS)
-    if unknown:
-        raise DataError(f"unknown split names {sorted(unknown)}", field="split")
-    parts = {name: index[index["split"] == name].reset_index(drop=True) for name in SPLITS}
-    if parts["train"].empty:
-        raise DataError("the index has no training clips", field="split")
-    if parts["val"].empty:
-        parts["train"], parts["val"] = hold_out(parts["train"], 0.1, seed)
-    train, train_dev = hold_out(parts["train"], train_dev_fraction, seed + 1)
-    test_name = "test" if not parts["test"].empty else "val"
-    return ClipSplits(train, parts["val"], parts[test_name], test_name, train_dev)
-
-
 def clip_loader(frame: pd.DataFrame, settings: KineticsSettings, seed: int, train: bool,
                 root: Path = Path(".")) -> DataLoader:
     """A DataLoader of (clip, label): one random view in training, every test view otherwise."""
@@ -215,14 +168,14 @@ def fresh_model(name: str, settings: KineticsSettings, num_classes: int,
 
 # ================================================================== the stages
 def train_models(names: list[str], settings: KineticsSettings, common: CommonSettings,
-                 index_path: Path, classes_path: Path, out_dir: Path, checkpoints: Path,
+                 split_dir: Path, classes_path: Path, out_dir: Path, checkpoints: Path,
                  device: torch.device, stage: str) -> dict:
-    """Train each named model ("besnet", "besnet_fixed", "baseline"); write out_dir/{name}/
-    model.pt and train.json; one MLflow parent run for the stage, a nested run per model."""
-    index = read_parquet(index_path)
+    """Train each named model ("besnet", "besnet_fixed", "baseline") on kinetics_split's clips;
+    write out_dir/{name}/model.pt and train.json; one MLflow parent run for the stage, a nested
+    run per model."""
     classes = read_json(classes_path)
-    splits = split_index(index, common.seed, settings.dataset.train_dev_fraction)
-    sha, code_sha = index_digest(index_path), training_code_digest()
+    splits = read_splits(split_dir)
+    sha, code_sha = index_digest(split_dir / CLIPS_FILE), training_code_digest()
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"models": {}, "splits": {
         "train": len(splits.train), "train_dev": len(splits.train_dev), "val": len(splits.val),
@@ -244,6 +197,8 @@ def train_models(names: list[str], settings: KineticsSettings, common: CommonSet
                     save_model(model, out_dir / name / MODEL_FILE)
                     write_json(entry, out_dir / name / SUMMARY_FILE)
                     tracking.tag_summary(out_dir / name / SUMMARY_FILE)  # for evaluate
+                    if name == "besnet":  # the model evaluate registers
+                        tracking.log_torch_model(model.cpu(), "model")
                     drop_stale_checkpoints(ckpt)
                 summary["models"][name] = entry
     return summary
@@ -264,7 +219,7 @@ def _train_stage(names: list[str], stage: str, params) -> dict:
     paths = KineticsPaths()
     info = init_distributed(params.common.device)
     try:
-        return train_models(names, params.kinetics, params.common, paths.index,
+        return train_models(names, params.kinetics, params.common, paths.split,
                             paths.manifest / "classes.json", paths.artifacts,
                             paths.checkpoints(stage), info.device, stage)
     finally:

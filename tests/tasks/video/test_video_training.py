@@ -20,12 +20,12 @@ from tasks.errors import DataError
 from tasks.fingerprint import code_digest, module_closure, relative
 from tasks.video.dataset import centre_box, three_crop_boxes
 from tasks.video.report import score
+from tasks.video.splits import read_splits, split_index, write_splits
 from tasks.video.training import (
     build_baseline,
     build_besnet,
     checkpoint_identity,
     checkpoint_path,
-    split_index,
     training_code_digest,
 )
 
@@ -42,6 +42,16 @@ def _index(splits: dict[str, int], classes: int = 3) -> pd.DataFrame:
 
 
 # ================================================================== splits
+def test_the_split_stage_output_reads_back_as_the_same_splits(tmp_path):
+    splits = split_index(_index({"train": 6, "test": 2}), seed=4, train_dev_fraction=0.2)
+    report = write_splits(splits, tmp_path)
+    back = read_splits(tmp_path)
+    assert report["test_split"] == back.test_name == "test"
+    for part in ("train", "train_dev", "val", "test"):
+        pd.testing.assert_frame_equal(getattr(back, part), getattr(splits, part))
+        assert report["sizes"][part] == len(getattr(splits, part)) > 0
+
+
 def test_split_index_uses_the_named_splits():
     splits = split_index(_index({"train": 5, "val": 2, "test": 1}), seed=0)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (15, 6, 3)
