@@ -37,7 +37,7 @@ PIPELINE = Pipeline(
               deps=(str(P.features), str(P.splits)), outs=(str(P.artifacts),)),
         Stage("crypto_evaluate", "tasks.crypto.report:evaluate_stage",
               "metrics with intervals vs naive baselines, backtest, plots; registers the model",
-              params=("common.seed", "common.mlflow", "crypto.evaluate", "crypto.timeframe"),
+              params=("common.seed", "common.mlflow", "crypto.evaluate"),
               deps=(str(P.artifacts), str(P.splits)), metrics=(str(P.metrics),),
               plots=(str(P.plots),)),
     ),

@@ -9,7 +9,7 @@ import torch
 from prefect import task
 
 from tasks import tracking
-from tasks.config import CommonSettings, CryptoSettings
+from tasks.config import CommonSettings, CryptoSettings, flat_params
 from tasks.crypto.backtest import backtest_long_flat, buy_and_hold, plot_equity
 from tasks.crypto.modeling import predict_proba
 from tasks.crypto.pipeline import PIPELINE
@@ -101,7 +101,7 @@ def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir:
     }
     bt_rows = preds[preds["segment"] == "backtest"]
     bt_rows = bt_rows.sort_values("position")
-    per_year = bars_per_year(settings.timeframe)
+    per_year = bars_per_year(trained["params"]["crypto.timeframe"])
     returns = bt_rows["next_return"].to_numpy()
     strategy = backtest_long_flat((bt_rows["prob_model"].to_numpy() >= threshold).astype(float),
                                   returns, cfg.fee_bps, per_year)
@@ -136,6 +136,8 @@ def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir:
         "backtest": backtest,
         "split": trained["split"],
         "bootstrap": {"resamples": cfg.bootstrap, "block_length": block},
+        # what shaped these numbers: the train stage's params as it ran, and this stage's own
+        "params": {**trained["params"], **flat_params(settings, "crypto.")},
     }
     write_json(metrics, metrics_path)
     log = get_logger()
@@ -147,7 +149,7 @@ def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir:
              backtest["buy_and_hold_sharpe"], cfg.fee_bps)
     trained_run = tracking.run_that_wrote(common, "crypto", artifacts / "train.json")
     with tracking.run(common, "crypto", "crypto-evaluate", run_id=trained_run):
-        tracking.log_metrics({k: v for k, v in metrics.items() if k != "split"})
+        tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("split", "params")})
         tracking.log_artifacts(plots, artifact_path="plots")
         tracking.log_artifacts(metrics_path)
     tracking.register_model(common, trained_run, PIPELINE.model_name)

@@ -104,7 +104,7 @@ def train_models(settings: CryptoSettings, common: CommonSettings, features_path
                    "stopped_early": result.stopped_early, "walk_forward": walk,
                    "leak_audit": audit, "regression_illusion": illusion,
                    "train_positive_rate": float(np.mean(data["train"][1])),
-                   "split": split_report["sizes"]}
+                   "split": split_report["sizes"], "params": params}
         torch.save(result.model.state_dict(), out_dir / "model.pt")
         write_json(summary, out_dir / "train.json")
         tracking.tag_summary(out_dir / "train.json")  # evaluate finds this run by it

@@ -8,7 +8,7 @@ import pandas as pd
 from prefect import task
 
 from tasks import tracking
-from tasks.config import CommonSettings, QuoraSettings
+from tasks.config import CommonSettings, QuoraSettings, flat_params
 from tasks.evaluate import (
     binary_metrics,
     choose_threshold,
@@ -62,7 +62,8 @@ def evaluate_models(settings: QuoraSettings, common: CommonSettings, artifacts: 
                                               "log_loss", "threshold")}})
     metrics = {"config": main["name"], "test": scored["test"], "errors": scored["errors"],
                "diagnosis": error_analysis(scored["errors"], settings.evaluate.reference_error),
-               "baselines": {"majority": majority_baseline(y_train, y_test)}, "table": table}
+               "baselines": {"majority": majority_baseline(y_train, y_test)}, "table": table,
+               "params": {**trained["params"], **flat_params(settings, "quora.")}}
     plots.mkdir(parents=True, exist_ok=True)
     prob = test[main["column"]].to_numpy()
     plot_confusion(y_test, (prob >= scored["test"]["threshold"]).astype(int),
@@ -81,7 +82,7 @@ def evaluate_models(settings: QuoraSettings, common: CommonSettings, artifacts: 
                  row["f1"], row["roc_auc"])
     trained_run = tracking.run_that_wrote(common, "quora", artifacts / "train.json")
     with tracking.run(common, "quora", "quora-evaluate", run_id=trained_run):
-        tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("table", "config")})
+        tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("table", "config", "params")})
         tracking.log_artifacts(plots, artifact_path="plots")
         tracking.log_artifacts(metrics_path)
     tracking.register_model(common, trained_run, PIPELINE.model_name)

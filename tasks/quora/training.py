@@ -113,8 +113,8 @@ def train_models(settings: QuoraSettings, common: CommonSettings, split_dir: Pat
     pairs = read_parquet(split_dir / "pairs.parquet")
     configs = table_configs(settings, read_json(embed_dir / "embed.json")["sets"])
     predictions = pairs[["id", "is_duplicate", "split"]].copy()
-    summary: dict = {"configs": [], "main": None}
     params = {**flat_params(settings, "quora."), "common.seed": common.seed}
+    summary: dict = {"configs": [], "main": None, "params": params}
     with tracking.run(common, "quora", "quora-train", params=params,
                       tags={"stage": "quora_train"}):
         for cfg in configs:

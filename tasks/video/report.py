@@ -13,7 +13,7 @@ from torch import nn
 
 from models.layers import ViewAverage
 from tasks import tracking
-from tasks.config import CommonSettings, KineticsSettings
+from tasks.config import CommonSettings, KineticsSettings, flat_params
 from tasks.errors import DataError
 from tasks.evaluate import (
     diagnosis_line,
@@ -110,7 +110,9 @@ def evaluate_models(settings: KineticsSettings, common: CommonSettings, split_di
     metrics: dict[str, Any] = {
         "test_split": splits.test_name, "clips": int(len(labels)), "classes": len(classes),
         "chance_top1": 1 / len(classes),
-        "views": settings.dataset.test_clips * settings.dataset.test_crops}
+        "views": settings.dataset.test_clips * settings.dataset.test_crops,
+        "params": {**read_json(artifacts / "besnet" / SUMMARY_FILE)["params"],
+                   **flat_params(settings, "kinetics.")}}
     correct = {}
     for name in names:
         model = load_trained(name, settings, len(classes), artifacts)

@@ -192,7 +192,7 @@ def train_models(names: list[str], settings: KineticsSettings, common: CommonSet
                               enabled=distributed.is_main()):
                 fitted = train_model(name, model, splits, settings, common, device, ckpt,
                                      identity)
-                entry = dict(fitted)
+                entry = {**fitted, "params": params}
                 if distributed.is_main():
                     save_model(model, out_dir / name / MODEL_FILE)
                     write_json(entry, out_dir / name / SUMMARY_FILE)

@@ -9,10 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.crypto import ingest  # imported at collection: Prefect sets up logging before caplog
+from flows.crypto import FLOWS  # imported at collection: Prefect sets up logging before caplog
 from tests.fakes.exchange import FakeBinance
 
 ROOT = Path(__file__).resolve().parents[3]
+ingest = FLOWS["ingest"]
 KEY, SECRET = "KEY-5d1e7b-FLOWSENTINEL", "SECRET-9c04aa-FLOWSENTINEL"
 
 
