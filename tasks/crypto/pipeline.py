@@ -20,7 +20,7 @@ PIPELINE = Pipeline(
                       "crypto.live", "crypto.file", "crypto.demo"),
               outs=(Out(str(P.raw), persist=True), str(P.ingest_report)),
               input_params=("crypto.file.path",)),
-        Stage("crypto_features", "tasks.crypto.prepare:features_stage",
+        Stage("crypto_features", "tasks.crypto.featurize:features_stage",
               "causal features and forward labels of the model symbol",
               params=("crypto.features", "crypto.label", "crypto.model_symbol"),
               deps=(str(P.raw), str(P.ingest_report)), outs=(str(P.features),)),

@@ -103,3 +103,74 @@ def test_kinetics_index_lists_every_demo_clip(repo):
     assert (index["n_frames"] >= 6).all()
     for rel in index["path"]:
         assert any((path / rel).glob("img_*.jpg"))
+
+
+# ---------------------------------------------------------------- what makes a stage stale
+# (these run last: they edit the copy, restore it, and the experiment adds a model version)
+def _stale(path, env) -> set[str]:
+    return set(json.loads(run(["dvc", "status", "--json"], path, env).stdout))
+
+
+@pytest.mark.parametrize(("rel", "expected"), [
+    ("tasks/crypto/split.py", {"crypto_split", "crypto_train", "crypto_evaluate"}),
+    ("models/siamese.py", {"quora_train"}),
+    ("tasks/crypto/backtest.py", {"crypto_evaluate"}),
+    ("tasks/video/splits.py", {"kinetics_split", "kinetics_train", "kinetics_baseline",
+                               "kinetics_evaluate"}),
+    # the file every path param names when it names none: its stages, and only those
+    ("inputs/none", {"crypto_ingest", "quora_ingest", "quora_embed", "kinetics_download",
+                     "kinetics_train", "kinetics_baseline"}),
+])
+def test_editing_a_module_or_an_input_file_makes_exactly_its_stages_stale(repo, rel, expected):
+    path, env, _, _ = repo
+    target = path / rel
+    original = target.read_bytes()
+    target.write_bytes(original + b"\n# edited\n")
+    try:
+        assert _stale(path, env) == expected
+    finally:
+        target.write_bytes(original)
+    assert _stale(path, env) == set()
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("crypto.evaluate.fee_bps", 3.0, {"crypto_evaluate"}),
+    ("crypto.label.horizon", 2, {"crypto_features", "crypto_split", "crypto_train"}),
+    ("quora.split.dev_fraction", 0.15, {"quora_split"}),
+    ("kinetics.dataset.train_dev_fraction", 0.1, {"kinetics_split"}),
+])
+def test_changing_a_param_makes_exactly_the_stages_that_read_it_stale(repo, key, value,
+                                                                      expected):
+    path, env, _, _ = repo
+    params_file = path / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    node = params
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        assert _stale(path, env) == expected
+    finally:
+        params_file.write_text(original)
+    assert _stale(path, env) == set()
+
+
+def test_a_stage_run_with_set_is_a_dvc_experiment_and_leaves_the_lock_true(repo):
+    path, env, _, _ = repo
+    proc = run(["python", "-m", "flows.crypto", "evaluate", "--set",
+                "crypto.evaluate.fee_bps=5"], path, env)
+    assert "Running stage 'crypto_evaluate'" in proc.stdout + proc.stderr
+    assert "Running stage 'crypto_train'" not in proc.stdout + proc.stderr
+    metrics = json.loads((path / "metrics/crypto.json").read_text())
+    assert metrics["backtest"]["fee_bps"] == 5
+    assert metrics["params"]["crypto.evaluate.fee_bps"] == 5
+    assert metrics["params"]["crypto.label.horizon"] == 1  # recorded by train, as it ran
+    assert yaml.safe_load((path / "params.yaml").read_text())["crypto"]["evaluate"][
+        "fee_bps"] == 5
+    assert _stale(path, env) == set()  # dvc.lock describes what is on disk
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], path, env).stdout)
+    experiments = [exp for commit in shown for exp in (commit.get("experiments") or [])]
+    assert experiments, "no experiment recorded"

@@ -9,9 +9,10 @@ import torch
 
 from tasks import tracking
 from tasks.config import load_params
+from tasks.crypto.featurize import build_features
 from tasks.crypto.ingest import ingest_candles
 from tasks.crypto.paths import CryptoPaths
-from tasks.crypto.prepare import build_features, build_splits
+from tasks.crypto.prepare import build_splits
 from tasks.crypto.report import evaluate_models
 from tasks.crypto.training import train_models
 from tasks.storage import read_json, write_json

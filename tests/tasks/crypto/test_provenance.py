@@ -10,9 +10,9 @@ import pytest
 from tasks.config import CryptoSettings
 from tasks.crypto import store
 from tasks.crypto.candles import demo_candles
+from tasks.crypto.featurize import build_features
 from tasks.crypto.ingest import ingest_candles
 from tasks.crypto.origin import unified_symbol
-from tasks.crypto.prepare import build_features
 from tasks.crypto.store import Partition
 from tasks.errors import DataError
 from tasks.storage import read_json, write_json
