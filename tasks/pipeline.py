@@ -148,9 +148,7 @@ class ParamsView:
             raise AttributeError(f"{name!r} is not a setting of {self._path or 'params'}")
         key = self._child(name)
         value = getattr(self._model, name)
-        if _is_section(value):
-            if not _under(key, self._declared):
-                self._check(key)
+        if _is_section(value):  # checked at the leaf read, which names the exact key
             return ParamsView(value, self._declared, self._stage, key, self._read)
         self._check(key)
         return value
