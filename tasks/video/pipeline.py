@@ -58,10 +58,8 @@ PIPELINE = Pipeline(
         Stage("kinetics_evaluate", "tasks.video.report:evaluate_stage",
               "Top-1/Top-5 with intervals over test views, the dilation ablation, error "
               "analysis; registers BesNet",
-              params=("common.seed", "common.device", "common.mlflow", "kinetics.model",
-                      "kinetics.baseline", "kinetics.dataset", "kinetics.evaluate",
-                      "kinetics.frames.storage", "kinetics.train.batch_size",
-                      "kinetics.train.num_workers"),
+              params=("common.seed", "common.device", "common.mlflow", "kinetics.evaluate",
+                      "kinetics.dataset.test_clips", "kinetics.dataset.test_crops"),
               deps=(str(P.split), str(P.manifest), str(P.frames), str(P.artifacts / "besnet"),
                     str(P.artifacts / "besnet_fixed"), str(P.artifacts / "baseline")),
               metrics=(str(P.metrics),), plots=(str(P.plots),)),

@@ -39,6 +39,31 @@ from tasks.video.training import (
 MODELS = ("besnet", "besnet_fixed", "baseline")
 
 
+def recorded_params(settings: KineticsSettings, artifacts: Path) -> dict[str, Any]:
+    """The params the models were trained with (each train.json records its stage's), with this
+    stage's own keys (kinetics.evaluate, the test-time views) on top."""
+    recorded: dict[str, Any] = {}
+    for name in MODELS:
+        summary = artifacts / name / SUMMARY_FILE
+        if summary.exists():
+            recorded.update(read_json(summary).get("params", {}))
+    return {**recorded, **flat_params(settings, "kinetics.")}
+
+
+def as_settings(params: dict[str, Any]) -> KineticsSettings:
+    """KineticsSettings from flat `kinetics.` keys: evaluate never re-reads what training
+    recorded (sections no stage recorded keep their defaults and are not read here)."""
+    nested: dict[str, Any] = {}
+    for dotted, value in params.items():
+        if dotted.startswith("kinetics."):
+            *parents, leaf = dotted.removeprefix("kinetics.").split(".")
+            node = nested
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    return KineticsSettings.model_validate(nested)
+
+
 def load_trained(name: str, settings: KineticsSettings, num_classes: int,
                  artifacts: Path) -> torch.nn.Module:
     """A model of the configured shape with the weights kinetics_train wrote."""
@@ -99,6 +124,8 @@ def evaluate_models(settings: KineticsSettings, common: CommonSettings, split_di
     """Score every model kinetics_train / kinetics_baseline wrote on kinetics_split's test
     clips; metrics JSON, plots, MLflow."""
     log = get_logger()
+    params = recorded_params(settings, artifacts)
+    settings = as_settings(params)
     classes = read_json(classes_path)
     splits = read_splits(split_dir)
     labels = splits.test["class_index"].to_numpy()
@@ -111,8 +138,7 @@ def evaluate_models(settings: KineticsSettings, common: CommonSettings, split_di
         "test_split": splits.test_name, "clips": int(len(labels)), "classes": len(classes),
         "chance_top1": 1 / len(classes),
         "views": settings.dataset.test_clips * settings.dataset.test_crops,
-        "params": {**read_json(artifacts / "besnet" / SUMMARY_FILE)["params"],
-                   **flat_params(settings, "kinetics.")}}
+        "params": params}
     correct = {}
     for name in names:
         model = load_trained(name, settings, len(classes), artifacts)
