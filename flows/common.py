@@ -67,8 +67,7 @@ def dvc_repro(targets: list[str], force: bool = False, single_item: bool = False
 def dvc_exp_run(overrides: Mapping[str, Any], targets: list[str]) -> list[str]:
     """Overrides go through DVC: `dvc exp run -S key=value ... <targets>` records the run as an
     experiment (`dvc exp show`) and leaves dvc.lock describing what is on disk."""
-    sets = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-            for key, value in overrides.items()]
+    sets = [f"{key}={_yaml_value(value)}" for key, value in overrides.items()]
     cmd = [sys.executable, "-m", "dvc", "exp", "run", *[a for s in sets for a in ("-S", s)],
            *targets]
     log = get_logger()
@@ -78,6 +77,11 @@ def dvc_exp_run(overrides: Mapping[str, Any], targets: list[str]) -> list[str]:
     if proc.returncode != 0:
         raise ReproLabError(f"dvc exp run {' '.join(targets)} failed (exit {proc.returncode})")
     return targets
+
+
+def _yaml_value(value: Any) -> str:
+    """A value as `-S key=value` takes it (flow-style YAML, no document end marker)."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def in_dvc_repo() -> bool:
@@ -131,8 +135,9 @@ def pipeline_flow(pipeline: Pipeline, flows: dict[str, Any]) -> Any:
     def run_pipeline(overrides: dict[str, Any] | None = None, use_dvc: bool = True) -> dict:
         if use_dvc and in_dvc_repo():
             target = [pipeline.last.name]
-            return {"stages_run": dvc_exp_run(overrides, target) if overrides
-                    else dvc_repro(target)}
+            if overrides:
+                return {"experiment": dvc_exp_run(overrides, target)}
+            return {"stages_run": dvc_repro(target)}
         for step_flow in flows.values():
             step_flow(overrides=overrides)
         return {"stages_run": [s.name for s in pipeline.stages]}
