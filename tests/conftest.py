@@ -1,5 +1,4 @@
 """Shared fixtures: the project on sys.path, telemetry off, a real Prefect server when asked."""
-import atexit
 import os
 import shutil
 import signal
@@ -23,11 +22,19 @@ for key, value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": 
                    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore"}.items():
     os.environ.setdefault(key, value)
 
-# Prefect's home (profiles, the ephemeral server's database, stored results) is the session's
-# own, never the checkout's .prefect/ that `make demo` fills (the Makefile exports it)
-PREFECT_HOME = Path(tempfile.mkdtemp(prefix="reprolab-tests-prefect-"))
-os.environ["PREFECT_HOME"] = str(PREFECT_HOME)
-atexit.register(shutil.rmtree, PREFECT_HOME, ignore_errors=True)
+
+def pytest_configure(config):
+    """Prefect's home (profiles, the ephemeral server's database, stored results) is the
+    session's own, never the checkout's .prefect/ that `make demo` fills (the Makefile exports
+    it); subprocesses inherit it."""
+    config._reprolab_prefect_home = tempfile.mkdtemp(prefix="reprolab-tests-prefect-")
+    os.environ["PREFECT_HOME"] = config._reprolab_prefect_home
+
+
+def pytest_unconfigure(config):
+    home = getattr(config, "_reprolab_prefect_home", None)
+    if home is not None:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def free_port() -> int:
