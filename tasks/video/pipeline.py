@@ -4,8 +4,11 @@ from tasks.video.paths import KineticsPaths
 
 P = KineticsPaths()
 DATA = (str(P.split), str(P.manifest), str(P.frames))
+# what clips look like to a model (the split's train_dev_fraction is kinetics_split's alone)
+VIEWS = tuple(f"kinetics.dataset.{k}" for k in ("frames", "sampling", "crop", "flip",
+                                                "test_clips", "test_crops"))
 MODEL_PARAMS = ("common.seed", "common.device", "common.mlflow", "kinetics.train",
-                "kinetics.dataset", "kinetics.frames.storage")
+                "kinetics.frames.storage", *VIEWS)
 
 PIPELINE = Pipeline(
     name="kinetics",
