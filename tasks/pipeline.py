@@ -22,7 +22,6 @@ from tasks.errors import ConfigError
 PIPELINES = {"crypto": "tasks.crypto.pipeline", "quora": "tasks.quora.pipeline",
              "kinetics": "tasks.video.pipeline"}
 DVC_YAML = Path("dvc.yaml")
-NO_FILE = "inputs/none"   # the path params.yaml gives for "no file": DVC must watch a real path
 
 
 @dataclass(frozen=True)

@@ -210,3 +210,12 @@ def test_the_cli_help_lists_every_stage_with_its_params():
     for stage in declaration("quora").stages:
         assert stage.step in proc.stdout and stage.doc[:30] in proc.stdout.replace("\n  ", " ")
     assert "params: common.seed, quora.split" in proc.stdout
+
+
+def test_no_file_is_inputs_none_and_null_is_refused_with_that_advice():
+    assert PARAMS.crypto.file.path is None and PARAMS.kinetics.model.pretrained is None
+    assert (ROOT / "inputs/none").is_file()
+    with pytest.raises(Exception, match=r"crypto\.file\.path: write inputs/none for no file"):
+        load_params(ROOT / "params.yaml", {"crypto.file.path": None})
+    named = load_params(ROOT / "params.yaml", {"quora.file.path": "some/where.tsv"})
+    assert named.quora.file.path == "some/where.tsv"
