@@ -31,13 +31,13 @@ def model_partition(report: dict, model_symbol: str | None, report_path: Path) -
 
 
 @task(name="crypto-features")
-def build_features(settings: CryptoSettings, ingest_report: Path, dest: Path) -> dict:
+def build_features(settings: CryptoSettings, partitions_file: Path, dest: Path) -> dict:
     """Causal features and forward labels for the model symbol's ingested candles, as one table."""
-    part = model_partition(read_json(ingest_report), settings.model_symbol, ingest_report)
+    part = model_partition(read_json(partitions_file), settings.model_symbol, partitions_file)
     candles = store.load_candles(Path(part["path"]))
     if candles.empty:
         raise DataError(f"no candles for {part['source']} {part['exchange']} {part['symbol']} "
-                        f"{part['timeframe']} (listed in {ingest_report}); run crypto_ingest",
+                        f"{part['timeframe']} (listed in {partitions_file}); run crypto_ingest",
                         path=part["path"])
     frame = add_labels(compute_features(candles, settings.features), settings.label)
     write_parquet(frame, dest)
@@ -55,4 +55,4 @@ def features_stage(params) -> dict:
     from tasks.crypto.paths import CryptoPaths
 
     paths = CryptoPaths()
-    return build_features(params.crypto, paths.ingest_report, paths.features)
+    return build_features(params.crypto, paths.partitions, paths.features)

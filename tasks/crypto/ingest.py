@@ -108,5 +108,8 @@ def ingest_stage(params) -> dict:
 
     paths = CryptoPaths()
     report = ingest_candles(params.crypto, paths.raw, params.common.seed)
+    # what features reads: the partitions alone, so this run's counts (in the report, which
+    # no stage reads) never make the data look new
+    write_json({"partitions": report["partitions"]}, paths.partitions)
     write_json(report, paths.ingest_report)
     return report

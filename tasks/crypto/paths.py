@@ -14,6 +14,11 @@ class CryptoPaths:
         return self.root / "data/crypto/raw"
 
     @property
+    def partitions(self) -> Path:
+        """Inside raw: the partitions the last ingest wrote (stable while the data is)."""
+        return self.raw / "partitions.json"
+
+    @property
     def ingest_report(self) -> Path:
         return self.root / "reports/crypto/ingest.json"
 

@@ -23,7 +23,7 @@ PIPELINE = Pipeline(
         Stage("crypto_features", "tasks.crypto.featurize:features_stage",
               "causal features and forward labels of the model symbol",
               params=("crypto.features", "crypto.label", "crypto.model_symbol"),
-              deps=(str(P.raw), str(P.ingest_report)), outs=(str(P.features),)),
+              deps=(str(P.raw),), outs=(str(P.features),)),
         Stage("crypto_split", "tasks.crypto.prepare:split_stage",
               "chronological train / train-dev / val / test with purge gaps; leak check",
               params=("crypto.split", "crypto.label.horizon"),

@@ -153,7 +153,9 @@ def test_a_night_with_new_candles_retrains_and_judges_on_the_new_test_data(
     dest = tmp_path_factory.mktemp("nightly")
     csv = dest / "candles.csv"
     repo = small_repo(dest, {"crypto": {"source": "file",
-                                        "file": {"path": str(csv), "format": "auto"}}})
+                                        "file": {"path": str(csv), "format": "auto",
+                                                 "exchange": "binance",
+                                                 "symbol": "BTC/USDT"}}})
     candles = demo_candles(3300, pd_start(), "1h", seed=7)
     candles.iloc[:3000].to_csv(csv, index=False)
     env = repo_env(prefect_server)
