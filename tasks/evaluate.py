@@ -250,6 +250,18 @@ def choose_threshold(y_true: np.ndarray, prob: np.ndarray, metric: str = "accura
     return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
 
 
+def verdict(test: dict, baselines: dict, metric: str = "accuracy") -> dict:
+    """Skill only where the model's 95% interval of `metric` clears the strongest baseline."""
+    low = test[f"{metric}_ci"]["low"]
+    strongest = max(baselines, key=lambda name: baselines[name][metric])
+    value = baselines[strongest][metric]
+    skill = bool(low > value)
+    text = (f"skill: 95% CI lower bound {low:.3f} > {strongest} {value:.3f}" if skill else
+            f"not shown: 95% CI lower bound {low:.3f} <= {strongest} {value:.3f}")
+    return {"metric": metric, "strongest_baseline": strongest, "strongest_value": value,
+            "beats_strongest_baseline": skill, "text": text}
+
+
 def majority_baseline(y_train: np.ndarray, y_test: np.ndarray) -> dict:
     """Metrics of always predicting the train majority class (ties -> 1) on the test labels.
 

@@ -19,10 +19,13 @@ from tasks.evaluate import (
     plot_confusion,
     plot_learning_curve,
     plot_roc,
+    verdict,
 )
 from tasks.logs import get_logger
 from tasks.quora.pipeline import PIPELINE
 from tasks.storage import read_json, read_parquet, write_json
+
+ROW_FIELDS = ("accuracy", "accuracy_ci", "f1", "roc_auc", "log_loss", "threshold")
 
 
 def _scored(preds: pd.DataFrame, column: str, settings: QuoraSettings, seed: int) -> dict:
@@ -58,11 +61,15 @@ def evaluate_models(settings: QuoraSettings, common: CommonSettings, artifacts: 
         row = _scored(preds, cfg["column"], settings, common.seed)["test"]
         table.append({"config": cfg["name"], "vectors": cfg["vectors"] or "token_ids",
                       "variant": cfg["variant"], "main": bool(cfg.get("main")),
-                      **{k: row[k] for k in ("accuracy", "accuracy_ci", "f1", "roc_auc",
-                                              "log_loss", "threshold")}})
+                      **{k: row[k] for k in ROW_FIELDS}})
+    logistic = _scored(preds, trained["baselines"]["logistic"]["column"], settings,
+                       common.seed)["test"]
+    baselines = {"majority": majority_baseline(y_train, y_test),
+                 "logistic": {k: logistic[k] for k in ROW_FIELDS}}
     metrics = {"config": main["name"], "test": scored["test"], "errors": scored["errors"],
                "diagnosis": error_analysis(scored["errors"], settings.evaluate.reference_error),
-               "baselines": {"majority": majority_baseline(y_train, y_test)}, "table": table,
+               "baselines": baselines, "verdict": verdict(scored["test"], baselines),
+               "table": table,
                "params": {**trained["params"], **flat_params(settings, "quora.")}}
     plots.mkdir(parents=True, exist_ok=True)
     prob = test[main["column"]].to_numpy()
@@ -76,13 +83,17 @@ def evaluate_models(settings: QuoraSettings, common: CommonSettings, artifacts: 
     log.info("%s: test accuracy %.3f [%.3f, %.3f], F1 %.3f, ROC-AUC %.3f; majority %.3f",
              main["name"], t["accuracy"], t["accuracy_ci"]["low"], t["accuracy_ci"]["high"],
              t["f1"], t["roc_auc"], metrics["baselines"]["majority"]["accuracy"])
+    log.info("logistic regression on pair features: accuracy %.3f [%.3f, %.3f]; %s",
+             logistic["accuracy"], logistic["accuracy_ci"]["low"], logistic["accuracy_ci"]["high"],
+             metrics["verdict"]["text"])
     log.info("%s", diagnosis_line(metrics["diagnosis"]))
     for row in table:
         log.info("  %-32s accuracy %.3f  F1 %.3f  AUC %.3f", row["config"], row["accuracy"],
                  row["f1"], row["roc_auc"])
     trained_run = tracking.run_that_wrote(common, "quora", artifacts / "train.json")
     with tracking.run(common, "quora", "quora-evaluate", run_id=trained_run):
-        tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("table", "config", "params")})
+        tracking.log_metrics({k: v for k, v in metrics.items()
+                              if k not in ("table", "config", "params")})
         tracking.log_artifacts(plots, artifact_path="plots")
         tracking.log_artifacts(metrics_path)
     tracking.register_model(common, trained_run, PIPELINE.model_name)

@@ -19,6 +19,7 @@ from models.siamese import build_pair_model, pair_loss, pair_scores
 from tasks import tracking
 from tasks.config import CommonSettings, QuoraSettings, flat_params
 from tasks.logs import get_logger
+from tasks.quora.baseline import FEATURES, logistic_probabilities
 from tasks.storage import read_json, read_npy, read_parquet, write_json, write_parquet
 from tasks.train import FitConfig, fit, predict, seed_everything
 
@@ -133,6 +134,11 @@ def train_models(settings: QuoraSettings, common: CommonSettings, split_dir: Pat
                     summary["main"], main_model = entry, model.cpu()
                     torch.save(model.state_dict(), out_dir / "model.pt")
         tracking.log_torch_model(main_model, "model")  # in the stage's run; evaluate registers
+        vectors = read_json(embed_dir / "embed.json")["sets"][0]  # the TF-IDF-weighted set
+        predictions["prob_logistic"] = logistic_probabilities(
+            pairs, *_inputs({"vectors": vectors}, embed_dir), common.seed)
+        summary["baselines"] = {"logistic": {"column": "prob_logistic", "vectors": vectors,
+                                             "features": list(FEATURES)}}
         write_parquet(predictions, out_dir / "predictions.parquet")
         write_json(summary, out_dir / "train.json")
         tracking.tag_summary(out_dir / "train.json")  # evaluate finds this run by it

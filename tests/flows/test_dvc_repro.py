@@ -18,7 +18,9 @@ KINETICS_KEYS = ["test.top1", "test.top5", "test.top1_ci.low", "baseline.top1",
                  "diagnosis.dev_overfitting"]
 QUORA_KEYS = ["test.accuracy", "test.accuracy_ci.low", "test.f1", "test.roc_auc",
               "diagnosis.avoidable_bias", "diagnosis.variance", "diagnosis.data_mismatch",
-              "baselines.majority.accuracy"]
+              "baselines.majority.accuracy", "baselines.logistic.accuracy",
+              "baselines.logistic.accuracy_ci.low", "baselines.logistic.roc_auc",
+              "verdict.beats_strongest_baseline"]
 CRYPTO_KEYS = ["test.accuracy", "test.accuracy_ci.low", "test.accuracy_ci.high", "baselines.majority.accuracy",
                "baselines.persistence.accuracy", "leak_audit.leaky.accuracy",
                "leak_audit.leak_free.accuracy", "backtest.sharpe", "backtest.buy_and_hold_sharpe"]

@@ -48,6 +48,9 @@ def test_tfidf_siamese_beats_majority_with_its_whole_interval(random_split):
     assert abs(majority - 0.63) < 0.02
     assert test["accuracy"] >= 0.70
     assert test["accuracy_ci"]["low"] > majority
+    logistic = metrics["baselines"]["logistic"]
+    assert logistic["accuracy"] > majority + 0.05  # the classical baseline is a real one
+    assert metrics["verdict"]["strongest_baseline"] in ("majority", "logistic")
     for key in ("f1", "roc_auc", "log_loss", "accuracy_ci"):
         assert key in test
     saved = read_json(paths.metrics)
