@@ -55,6 +55,10 @@ def quora_rows(metrics: dict) -> list[tuple[str, str, str]]:
              f"majority baseline {majority:.3f}"),
             ("test F1 / ROC-AUC", f"{test['f1']:.3f} / {test['roc_auc']:.3f}",
              f"threshold {test['threshold']:.2f} chosen on dev")]
+    logistic = metrics["baselines"]["logistic"]
+    rows.append(("baseline: logistic regression on pair features (95% CI)",
+                 f"{logistic['accuracy']:.3f} {_fmt(logistic['accuracy_ci'])}",
+                 metrics["verdict"]["text"]))
     for row in metrics["table"]:
         if not row["main"]:
             rows.append((f"  table: {row['config']}", f"{row['accuracy']:.3f}",
