@@ -37,7 +37,7 @@ from tasks.config import CommonSettings
 from tasks.errors import ReproLabError
 from tasks.fingerprint import code_digest
 from tasks.logs import get_logger
-from tasks.pipeline import PIPELINES, Out, declaration, stage_modules
+from tasks.pipeline import PIPELINES, declaration, stage_modules
 from tasks.storage import read_json, write_json
 
 REPORTS = Path("reports/ablations")
@@ -51,31 +51,25 @@ def stage_flows(pipeline: str, data: bool) -> list[Any]:
     """The pipeline's data stages (data=True) or the stages an ablation run trains and scores,
     as Prefect flows, from its declaration."""
     spec = declaration(pipeline)
-    flows = FLOWS[pipeline]
-    chosen = [s for s in spec.stages if (s.name in spec.data_stages) == data
-              and s.name not in spec.ablation_skips]
-    return [flows[s.step] for s in chosen]
+    return [FLOWS[pipeline][s.step] for s in spec.part(data) if s.name not in spec.ablation_skips]
 
 
 def data_links(pipeline: str) -> list[str]:
     """What the model stages read of the data stages' outputs (linked into every run)."""
-    spec = declaration(pipeline)
-    return [out.path if isinstance(out, Out) else out for s in spec.stages
-            if s.name in spec.data_stages for out in (*s.outs, *s.metrics)]
+    return [path for s in declaration(pipeline).part(data=True)
+            for path in (*s.out_paths, *s.metrics)]
 
 
 def data_params(pipeline: str) -> list[str]:
     """The params.yaml keys the pipeline's data stages depend on (their declarations)."""
-    spec = declaration(pipeline)
-    return [p for s in spec.stages if s.name in spec.data_stages for p in s.params]
+    return [p for s in declaration(pipeline).part(data=True) for p in s.params]
 
 
 def stages_code(pipeline: str, data: bool) -> str:
     """SHA-256 of the code these stages run (their import closure): a finished run is reused
     only while that code is unchanged."""
     spec = declaration(pipeline)
-    modules = sorted({m for s in spec.stages if (s.name in spec.data_stages) == data
-                      for m in stage_modules(spec, s)})
+    modules = sorted({m for s in spec.part(data) for m in stage_modules(spec, s)})
     return code_digest(modules)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ class Stage:
     input_params: tuple[str, ...] = ()  # params whose value is a file or folder it reads
     metrics: tuple[str, ...] = ()
     plots: tuple[str, ...] = ()
-    extra_modules: tuple[str, ...] = () # modules it loads by name (not by an import statement)
 
     @property
     def step(self) -> str:
@@ -54,6 +53,10 @@ class Stage:
     @property
     def module(self) -> str:
         return self.run.partition(":")[0]
+
+    @property
+    def out_paths(self) -> list[str]:
+        return [o.path if isinstance(o, Out) else o for o in self.outs]
 
     def callable(self) -> Callable[..., dict]:
         module, _, name = self.run.partition(":")
@@ -69,7 +72,7 @@ class Pipeline:
     headline: str                       # dotted key in the metrics file
     baselines: tuple[str, ...]          # dotted keys of the naive baselines' headline metric
     test_data_stage: str                # the stage whose output holds the test split
-    data_stages: tuple[str, ...] = field(default=())  # run once per data setting by ablations
+    data_stages: tuple[str, ...] = ()  # run once per data setting by ablations
     ablation_skips: tuple[str, ...] = ()  # stages an ablation run leaves out (costly, unneeded)
 
     def stage(self, step_or_name: str) -> Stage:
@@ -83,9 +86,9 @@ class Pipeline:
     def last(self) -> Stage:
         return self.stages[-1]
 
-    @property
-    def model_stages(self) -> tuple[Stage, ...]:
-        return tuple(s for s in self.stages if s.name not in self.data_stages)
+    def part(self, data: bool) -> list[Stage]:
+        """The data stages (data=True: run once per data setting by ablations) or the rest."""
+        return [s for s in self.stages if (s.name in self.data_stages) == data]
 
 
 def declaration(name: str) -> Pipeline:
@@ -188,7 +191,7 @@ def _is_section(value: Any) -> bool:
 # ---------------------------------------------------------------- dvc.yaml
 def stage_modules(pipeline: Pipeline, stage: Stage) -> list[str]:
     """What `python -m flows.<pipeline> <step>` loads: the CLI and the stage's own module."""
-    return [f"flows.{pipeline.name}", stage.module, *stage.extra_modules]
+    return [f"flows.{pipeline.name}", stage.module]
 
 
 def code_deps(pipeline: Pipeline, stage: Stage) -> list[str]:

@@ -85,8 +85,8 @@ def clip_loader(frame: pd.DataFrame, settings: KineticsSettings, seed: int, trai
                       generator=torch.Generator().manual_seed(seed))
 
 
-def index_digest(path: Path) -> str:
-    """SHA-256 of the index file (part of every checkpoint's name)."""
+def data_digest(path: Path) -> str:
+    """SHA-256 of the clips file a model trains on (part of every checkpoint's identity)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -175,7 +175,7 @@ def train_models(names: list[str], settings: KineticsSettings, common: CommonSet
     run per model."""
     classes = read_json(classes_path)
     splits = read_splits(split_dir)
-    sha, code_sha = index_digest(split_dir / CLIPS_FILE), training_code_digest()
+    sha, code_sha = data_digest(split_dir / CLIPS_FILE), training_code_digest()
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"models": {}, "splits": {
         "train": len(splits.train), "train_dev": len(splits.train_dev), "val": len(splits.val),

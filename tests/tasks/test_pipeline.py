@@ -180,20 +180,18 @@ def test_every_pipeline_has_the_same_shape(name):
     split = spec.stage("split")
     for step in ("train", "evaluate"):
         assert any(out in spec.stage(step).deps or _reads_via(spec, step, out)
-                   for out in _paths(split.outs)), f"{name}_{step} does not read the split"
+                   for out in split.out_paths), f"{name}_{step} does not read the split"
     assert spec.last.metrics == (spec.metrics_file,)
     assert all(s.name.startswith(f"{name}_") for s in spec.stages)
     assert set(spec.data_stages) <= {s.name for s in spec.stages}
 
 
-def _paths(outs) -> list[str]:
-    return [o if isinstance(o, str) else o.path for o in outs]
 
 
 def _reads_via(spec, step: str, path: str) -> bool:
     """train reads the split through an output of a stage downstream of the split (embed)."""
     deps = spec.stage(step).deps
-    return any(path in s.deps and set(_paths(s.outs)) & set(deps) for s in spec.stages)
+    return any(path in s.deps and set(s.out_paths) & set(deps) for s in spec.stages)
 
 
 def test_unknown_names_are_clear_errors():
