@@ -31,6 +31,7 @@ from prefect import flow
 
 from flows import crypto, kinetics, quora
 from flows.common import settings
+from flows.report import refresh_site
 from tasks import tracking
 from tasks.ablation import Grid, load_grid, summarize, update_report
 from tasks.config import CommonSettings
@@ -233,6 +234,7 @@ def ablate(pipeline: str, grid: str, seeds: int | None = None) -> dict[str, Any]
     report = update_report(root / REPORTS, spec, rows, seed_list)
     publish(spec, rows)
     finish_parent(parent, report, rows)
+    refresh_site()  # the results site shows the new table
     log.info("ablation %s: table in %s", spec.name, report)
     return {"grid": spec.name, "rows": rows, "report": str(report)}
 

@@ -10,7 +10,9 @@ from rich.table import Table
 
 import flows.common  # noqa: F401  (telemetry off before Prefect is imported)
 from flows import crypto, kinetics, quora
+from flows.report import refresh_site
 from tasks.pipeline import declaration
+from tasks.site import SITE
 from tasks.storage import read_json
 
 console = Console()
@@ -76,12 +78,13 @@ def kinetics_rows(metrics: dict) -> list[tuple[str, str, str]]:
             ("BesNet Top-1 (95% CI) / Top-5",
              f"{test['top1']:.3f} {_fmt(test['top1_ci'])} / {test['top5']:.3f}",
              f"{metrics['clips']} {metrics['test_split']} clips, {views}; "
-             f"chance {metrics['chance_top1']:.3f}")]
-    if "baseline" in metrics:
-        base = metrics["baseline"]
+             f"chance {metrics['baselines']['chance']['top1']:.3f}")]
+    if "frame_model" in metrics["baselines"]:
+        base = metrics["baselines"]["frame_model"]
         rows.append(("frame baseline Top-1 (95% CI) / Top-5",
                      f"{base['top1']:.3f} {_fmt(base['top1_ci'])} / {base['top5']:.3f}",
                      "per-frame features pooled over time: blind to the order of frames"))
+    rows.append(("verdict", "", metrics["verdict"]["text"]))
     if "ablation" in metrics:
         abl = metrics["ablation"]["dilation"]
         rows.append(("ablation: random vs fixed temporal dilation",
@@ -104,6 +107,16 @@ def diagnosis_row(metrics: dict) -> list[tuple[str, str, str]]:
              f"{diagnosis['next_step'].split(':')[0]}")]
 
 
+def references_row(metrics: dict) -> list[tuple[str, str, str]]:
+    """The research notes' numbers beside ours, and what theirs were measured on."""
+    refs = metrics.get("references") or []
+    if not refs:
+        return []
+    lines = [f"{r['theirs']:.2f} / {'—' if r['ours'] is None else format(r['ours'], '.3f')}"
+             f"  {r['label']}" for r in refs]
+    return [("research notes vs ours", "\n".join(lines), refs[0]["measured_on"])]
+
+
 # how the demo prints each declared pipeline's metrics (tasks/<pipeline>/pipeline.py)
 PIPELINES = {"crypto": (crypto.pipeline, crypto_rows), "quora": (quora.pipeline, quora_rows),
              "kinetics": (kinetics.pipeline, kinetics_rows)}
@@ -120,11 +133,16 @@ def main() -> int:
         console.print(f"{name}: stages run {result['stages_run'] or 'none (up to date)'} "
                       f"in {time.time() - start:.0f} s")
         metrics = read_json(declaration(name).metrics_file)
-        for metric, value, note in rows(metrics) + diagnosis_row(metrics):
+        shown = rows(metrics) + diagnosis_row(metrics) + references_row(metrics)
+        for metric, value, note in shown:
             table.add_row(name, metric, value, note)
+    console.rule("[bold]report site")
+    refresh_site()
     console.print(table)
     console.print(
         "Where to look:\n"
+        f"  results   {(Path.cwd() / SITE / 'index.html').as_uri()}   (open in a browser; "
+        "offline, one page per pipeline)\n"
         "  metrics   .venv/bin/dvc metrics show      (plots: plots/<pipeline>/*.png)\n"
         "  runs      .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
         "  -> http://127.0.0.1:5000\n"

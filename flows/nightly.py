@@ -24,6 +24,7 @@ import yaml
 from prefect import flow, task
 
 from flows.common import dvc_repro, parse_overrides, settings
+from flows.report import refresh_site
 from tasks import champion, tracking
 from tasks.config import PIPELINE_NAMES, Params, save_overrides
 from tasks.errors import ReproLabError
@@ -188,11 +189,18 @@ def markdown_row(row: dict[str, Any]) -> str:
 
 
 def publish(rows: list[dict[str, Any]], pushed: int | None) -> str:
+    """The night's summary (markdown + JSON, the latest), its record in the history
+    (reports/nightly/nights/<UTC time>.json, which the report site lists) and the artifact."""
+    from datetime import UTC, datetime
+
     from prefect.artifacts import create_markdown_artifact
 
     text = markdown(rows, pushed)
+    night = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    record = {"night": night, "pipelines": rows, "pushed": pushed}
     write_text(text, REPORT_DIR / "summary.md")
-    write_json({"pipelines": rows, "pushed": pushed}, REPORT_DIR / "summary.json")
+    write_json(record, REPORT_DIR / "summary.json")
+    write_json(record, REPORT_DIR / "nights" / f"{night.replace(':', '-')}.json")
     create_markdown_artifact(key="nightly-retrain", markdown=text,
                              description="data added, stages rerun, champion vs challenger")
     return text
@@ -214,6 +222,7 @@ def nightly(pipelines: list[str] | None = None, overrides: dict[str, Any] | None
     # what did complete is pushed even on a night where a pipeline failed
     pushed = push(params.nightly.remote) if params.nightly.push else None
     publish(rows, pushed)
+    refresh_site()  # the results site shows tonight
     if failed:
         raise StageFailed("; ".join(row["error"] for row in failed))
     return {"pipelines": rows, "pushed": pushed}

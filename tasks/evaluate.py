@@ -251,15 +251,18 @@ def choose_threshold(y_true: np.ndarray, prob: np.ndarray, metric: str = "accura
 
 
 def verdict(test: dict, baselines: dict, metric: str = "accuracy") -> dict:
-    """Skill only where the model's 95% interval of `metric` clears the strongest baseline."""
+    """Skill only where the model's 95% interval of `metric` clears the strongest baseline;
+    `beats` says the same of every baseline, so a reader sees which ones it clears."""
     low = test[f"{metric}_ci"]["low"]
     strongest = max(baselines, key=lambda name: baselines[name][metric])
     value = baselines[strongest][metric]
     skill = bool(low > value)
     text = (f"skill: 95% CI lower bound {low:.3f} > {strongest} {value:.3f}" if skill else
-            f"not shown: 95% CI lower bound {low:.3f} <= {strongest} {value:.3f}")
+            f"no evidence of skill: 95% CI lower bound {low:.3f} <= {strongest} {value:.3f}")
     return {"metric": metric, "strongest_baseline": strongest, "strongest_value": value,
-            "beats_strongest_baseline": skill, "text": text}
+            "beats_strongest_baseline": skill,
+            "beats": {name: bool(low > row[metric]) for name, row in baselines.items()},
+            "text": text}
 
 
 def majority_baseline(y_train: np.ndarray, y_test: np.ndarray) -> dict:
@@ -291,14 +294,54 @@ def mean_ci(values: np.ndarray, *, n_resamples: int, seed: int, alpha: float = 0
     return {"mean": float(values.mean()), "low": float(low), "high": float(high)}
 
 
-def metric_value(metrics: Mapping[str, Any], dotted: str) -> float:
-    """A number from a nested metrics mapping by its dotted key (`test.accuracy`)."""
+def lookup(metrics: Mapping[str, Any], dotted: str) -> Any:
+    """The value at a dotted key; a list of rows is entered by a row's `key` field."""
     node: Any = metrics
     for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
+        if isinstance(node, list):
+            node = next((row for row in node if isinstance(row, Mapping)
+                         and row.get("key") == part), None)
+        elif isinstance(node, Mapping):
+            node = node.get(part)
+        else:
+            node = None
+        if node is None:
             raise DataError(f"{dotted}: not in the pipeline's metrics", field=dotted)
-        node = node[part]
-    return float(node)
+    return node
+
+
+def metric_value(metrics: Mapping[str, Any], dotted: str) -> float:
+    """A number from a nested metrics mapping by its dotted key (`test.accuracy`)."""
+    return float(lookup(metrics, dotted))
+
+
+def reference_rows(references: Sequence[Any], metrics: Mapping[str, Any]) -> list[dict]:
+    """The research notes' numbers beside ours (tasks.pipeline.Reference): each row has the
+    label, their value, what they measured on, and ours (None where this run has no
+    comparable number, with the reason)."""
+    rows = []
+    for ref in references:
+        ours, why = None, "no comparable number in this pipeline"
+        if ref.ours is not None:
+            unmet = [f"{key} is not {want}" for key, want in ref.when
+                     if _lookup_or_none(metrics, key) != want]
+            found = _lookup_or_none(metrics, ref.ours)
+            if found is None:
+                why = f"{ref.ours} was not measured in this run"
+            elif unmet:
+                why = "not comparable here: " + ", ".join(unmet)
+            else:
+                ours, why = float(found), ""
+        rows.append({"label": ref.label, "theirs": ref.value, "measured_on": ref.measured_on,
+                     "ours": ours, "ours_key": ref.ours, "why_not": why})
+    return rows
+
+
+def _lookup_or_none(metrics: Mapping[str, Any], dotted: str) -> Any:
+    try:
+        return lookup(metrics, dotted)
+    except DataError:
+        return None
 
 
 # ---------------------------------------------------------------- bias / variance / mismatch
@@ -434,6 +477,21 @@ def plot_roc(y_true: np.ndarray, prob: np.ndarray, dest: str | os.PathLike) -> P
     ax.set_title(f"ROC (n={y.size})" if np.isfinite(auc) else "ROC undefined: one class only")
     ax.legend(loc="lower right")
     return save_figure(fig, dest)
+
+
+
+
+def write_learning_curve(history: list[dict], dest: str | os.PathLike) -> Path:
+    """The learning curve as data (epoch, train_loss, val_loss): a DVC plot that
+    `dvc plots diff` overlays across experiments."""
+    import pandas as pd
+
+    from tasks.pipeline import LOSSES
+    from tasks.storage import write_text
+
+    columns = ["epoch", *LOSSES]
+    frame = pd.DataFrame([{k: h[k] for k in columns} for h in history], columns=columns)
+    return write_text(frame.to_csv(index=False, float_format="%.6g"), dest)
 
 
 def plot_learning_curve(history: list[dict], dest: str | os.PathLike) -> Path:

@@ -21,6 +21,7 @@ from tasks.errors import ConfigError
 
 PIPELINES = {"crypto": "tasks.crypto.pipeline", "quora": "tasks.quora.pipeline",
              "kinetics": "tasks.video.pipeline"}
+SITE_MODULE = "tasks.site"  # the report stage: the results site built from every pipeline
 DVC_YAML = Path("dvc.yaml")
 
 
@@ -34,6 +35,21 @@ class Out:
     note: str = ""
 
 
+LOSSES = ("train_loss", "val_loss")  # the columns of a learning curve's CSV
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A data plot the stage writes (CSV): a DVC output and a top-level dvc.yaml plot, so
+    `dvc plots diff` overlays it across experiments and commits."""
+
+    path: str
+    title: str
+    x: str
+    y: tuple[str, ...]
+    y_label: str = ""
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str                           # the DVC stage and Prefect flow name: <pipeline>_<step>
@@ -44,11 +60,13 @@ class Stage:
     outs: tuple[Out | str, ...] = ()
     input_params: tuple[str, ...] = ()  # params whose value is a file or folder it reads
     metrics: tuple[str, ...] = ()
-    plots: tuple[str, ...] = ()
+    plots: tuple[str, ...] = ()         # images (a folder of PNGs)
+    curves: tuple[Curve, ...] = ()      # data plots (CSV) with their dvc.yaml plot definition
+    cli: str = ""                       # a stage of no pipeline: `python -m <cli>` runs it
 
     @property
     def step(self) -> str:
-        return self.name.split("_", 1)[1]
+        return self.name.split("_", 1)[-1]
 
     @property
     def module(self) -> str:
@@ -64,6 +82,20 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """A published (or field-noted) number to read ours against, with what it was measured on.
+    `ours` is the dotted key of our comparable number in the metrics file (a list of rows is
+    entered by a row's `key`); `when` holds (dotted key, value) conditions under which ours is
+    comparable at all (e.g. the fixed dilation the note used)."""
+
+    label: str
+    value: float
+    measured_on: str
+    ours: str | None = None
+    when: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class Pipeline:
     name: str
     stages: tuple[Stage, ...]
@@ -74,6 +106,9 @@ class Pipeline:
     test_data_stage: str                # the stage whose output holds the test split
     data_stages: tuple[str, ...] = ()  # run once per data setting by ablations
     ablation_skips: tuple[str, ...] = ()  # stages an ablation run leaves out (costly, unneeded)
+    references: tuple[Reference, ...] = ()  # the research notes' numbers, beside ours
+    title: str = ""                     # how the report site names it
+    data_reports: tuple[str, ...] = ()  # JSON data reports (rows in/kept, quarantine, gaps)
 
     def stage(self, step_or_name: str) -> Stage:
         for stage in self.stages:
@@ -189,12 +224,17 @@ def _is_section(value: Any) -> bool:
 
 
 # ---------------------------------------------------------------- dvc.yaml
-def stage_modules(pipeline: Pipeline, stage: Stage) -> list[str]:
-    """What `python -m flows.<pipeline> <step>` loads: the CLI and the stage's own module."""
-    return [f"flows.{pipeline.name}", stage.module]
+def stage_modules(pipeline: Pipeline | None, stage: Stage) -> list[str]:
+    """What the stage's command loads: its CLI and the stage's own module."""
+    return [stage.cli.split()[0] if stage.cli else f"flows.{pipeline.name}", stage.module]
 
 
-def code_deps(pipeline: Pipeline, stage: Stage) -> list[str]:
+def stage_cmd(pipeline: Pipeline | None, stage: Stage) -> str:
+    return f"python -m {stage.cli}" if stage.cli else \
+        f"python -m flows.{pipeline.name} {stage.step}"
+
+
+def code_deps(pipeline: Pipeline | None, stage: Stage) -> list[str]:
     from tasks.fingerprint import module_closure, relative
 
     return relative(module_closure(stage_modules(pipeline, stage)))
@@ -208,21 +248,34 @@ def _out(out: Out | str) -> str | dict:
     return {out.path: opts} if opts else out.path
 
 
-def dvc_stage(pipeline: Pipeline, stage: Stage) -> dict[str, Any]:
+def dvc_stage(pipeline: Pipeline | None, stage: Stage) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "desc": stage.doc,
-        "cmd": f"python -m flows.{pipeline.name} {stage.step}",
+        "cmd": stage_cmd(pipeline, stage),
         "deps": [*stage.deps, *(f"${{{p}}}" for p in stage.input_params),
                  *code_deps(pipeline, stage)],
-        "params": sorted(stage.params),
     }
+    if stage.params:
+        entry["params"] = sorted(stage.params)
     if stage.outs:
         entry["outs"] = [_out(o) for o in stage.outs]
     if stage.metrics:
         entry["metrics"] = list(stage.metrics)
+    if stage.curves:
+        entry.setdefault("outs", []).extend(c.path for c in stage.curves)
     if stage.plots:
         entry["plots"] = list(stage.plots)
     return entry
+
+
+def dvc_plot(curve: Curve) -> dict[str, Any]:
+    """A top-level dvc.yaml plot: `dvc plots show/diff` draw it from the CSV (offline: use
+    `dvc plots show --json`, or the report site, whose pages need no network)."""
+    spec: dict[str, Any] = {"template": "linear", "x": curve.x,
+                            "y": {curve.path: list(curve.y)}}
+    if curve.y_label:
+        spec["y_label"] = curve.y_label
+    return {curve.title: spec}
 
 
 HEADER = """\
@@ -233,10 +286,18 @@ HEADER = """\
 """
 
 
-def render(pipelines: Iterable[Pipeline] | None = None) -> str:
-    stages = {s.name: dvc_stage(p, s) for p in (pipelines or declarations()) for s in p.stages}
-    body = yaml.safe_dump({"stages": stages}, sort_keys=False, width=100)
-    return HEADER + body
+def render() -> str:
+    """dvc.yaml: every pipeline's stages, the report site built from their results, and the
+    data plots (curves) they write."""
+    site = importlib.import_module(SITE_MODULE).STAGE  # by name: not every stage's code dep
+    specs = declarations()
+    stages = {s.name: dvc_stage(p, s) for p in specs for s in p.stages}
+    stages[site.name] = dvc_stage(None, site)
+    doc: dict[str, Any] = {"stages": stages}
+    curves = [c for p in specs for s in p.stages for c in s.curves]
+    if curves:
+        doc["plots"] = [dvc_plot(c) for c in curves]
+    return HEADER + yaml.safe_dump(doc, sort_keys=False, width=100)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,5 +39,10 @@ class CryptoPaths:
         return self.root / "metrics/crypto.json"
 
     @property
+    def curves(self) -> Path:
+        """Data plots (CSV) beside the images: dvc.yaml's top-level plots draw them."""
+        return self.root / "plots/curves/crypto"
+
+    @property
     def plots(self) -> Path:
         return self.root / "plots/crypto"

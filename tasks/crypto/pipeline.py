@@ -1,15 +1,28 @@
 """The crypto next-move pipeline, declared once (see tasks/pipeline.py)."""
 from tasks.crypto.paths import CryptoPaths
-from tasks.pipeline import Out, Pipeline, Stage
+from tasks.pipeline import LOSSES, Curve, Out, Pipeline, Reference, Stage
 
 P = CryptoPaths()
+# the research notes give no accuracy for next-move prediction; these calibration figures are
+# the team's, measured on the shared real sample with simple models (../shared/FIELD-NOTES.md)
+FIELD = "field notes (not the research notes): BTC/USDT 1h, 45k real bars, simple models"
 
 PIPELINE = Pipeline(
     name="crypto",
+    title="Crypto next-move prediction",
+    data_reports=(str(P.ingest_report),),
     model_name="crypto-next-move",
     metrics_file=str(P.metrics),
     headline="test.accuracy",
     baselines=("baselines.majority.accuracy", "baselines.persistence.accuracy"),
+    references=(
+        Reference("next-bar direction, lagged returns, leak-free", 0.53, FIELD, "test.accuracy"),
+        Reference("majority class", 0.50, FIELD, "baselines.majority.accuracy"),
+        Reference("leaky recipe (price level, shuffled split), horizon 24", 0.60, FIELD,
+                  "leak_audit.leaky.accuracy", when=(("leak_audit.horizon", 24),)),
+        Reference("the same model leak-free, horizon 24", 0.49, FIELD,
+                  "leak_audit.leak_free.accuracy", when=(("leak_audit.horizon", 24),)),
+    ),
     test_data_stage="crypto_split",
     data_stages=("crypto_ingest", "crypto_features", "crypto_split"),
     stages=(
@@ -39,6 +52,10 @@ PIPELINE = Pipeline(
               "metrics with intervals vs naive baselines, backtest, plots; registers the model",
               params=("common.seed", "common.mlflow", "crypto.evaluate"),
               deps=(str(P.artifacts), str(P.splits)), metrics=(str(P.metrics),),
-              plots=(str(P.plots),)),
+              plots=(str(P.plots),),
+              curves=(Curve(str(P.curves / "learning_curve.csv"), "crypto: learning curve",
+                            "epoch", LOSSES, "loss"),
+                      Curve(str(P.curves / "equity.csv"), "crypto: backtest equity",
+                            "bar", ("model", "buy_and_hold"), "equity (start = 1)"))),
     ),
 )

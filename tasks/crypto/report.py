@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from prefect import task
@@ -27,27 +28,12 @@ from tasks.evaluate import (
     plot_confusion,
     plot_learning_curve,
     plot_roc,
+    reference_rows,
+    verdict,
+    write_learning_curve,
 )
 from tasks.logs import get_logger
-from tasks.storage import read_json, read_parquet, save_figure, write_json
-
-
-def _verdict(test: dict, baselines: dict) -> dict:
-    """Skill only where the model's 95% accuracy interval clears the naive baselines
-    (majority, persistence); whether it also clears logistic regression is said apart."""
-    low = test["accuracy_ci"]["low"]
-    naive = max(("majority", "persistence"), key=lambda k: baselines[k]["accuracy"])
-    naive_acc = baselines[naive]["accuracy"]
-    logistic = baselines["logistic"]["accuracy"]
-    beats_naive, beats_logistic = bool(low > naive_acc), bool(low > logistic)
-    if beats_naive:
-        text = f"skill: 95% CI lower bound {low:.3f} > {naive} {naive_acc:.3f}"
-        text += ("; also above logistic regression" if beats_logistic else
-                 f"; not distinguishable from logistic regression ({logistic:.3f})")
-    else:
-        text = f"no evidence of skill: 95% CI lower bound {low:.3f} <= {naive} {naive_acc:.3f}"
-    return {"best_naive_baseline": naive, "best_naive_accuracy": naive_acc,
-            "beats_naive_baselines": beats_naive, "beats_logistic": beats_logistic, "text": text}
+from tasks.storage import read_json, read_parquet, save_figure, write_json, write_text
 
 
 def _plot_leak_audit(audit: dict, dest: Path) -> Path:
@@ -67,6 +53,16 @@ def _plot_leak_audit(audit: dict, dest: Path) -> Path:
     return save_figure(fig, dest)
 
 
+def write_equity(timestamps: pd.Series, model: np.ndarray, hold: np.ndarray, dest: Path) -> Path:
+    """The backtest's equity curves as data: bar number (the plot's x), time, model
+    long/flat, buy and hold."""
+    frame = pd.DataFrame({"bar": np.arange(1, len(model) + 1),
+                          "timestamp": pd.to_datetime(timestamps, utc=True).dt.strftime(
+                              "%Y-%m-%dT%H:%M:%SZ").to_numpy(),
+                          "model": model, "buy_and_hold": hold})
+    return write_text(frame.to_csv(index=False, float_format="%.6g"), dest)
+
+
 def rescore(model: torch.nn.Module, settings: CryptoSettings, split_dir: Path,
             device: torch.device) -> float:
     """test.accuracy of any trained model on this split, scored as evaluate_models scores the
@@ -81,8 +77,9 @@ def rescore(model: torch.nn.Module, settings: CryptoSettings, split_dir: Path,
 
 @task(name="crypto-evaluate")
 def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir: Path,
-                    artifacts: Path, metrics_path: Path, plots: Path) -> dict:
-    """Write metrics/crypto.json and plots/crypto/*.png; log both to the training MLflow run."""
+                    artifacts: Path, metrics_path: Path, plots: Path, curves: Path) -> dict:
+    """Write metrics/crypto.json, plots/crypto/*.png and the data plots (learning curve,
+    equity) under `curves`; log them to the training MLflow run."""
     trained = read_json(artifacts / "train.json")
     preds = read_parquet(artifacts / "predictions.parquet")
     val, test = (preds[preds["segment"] == s] for s in ("val", "test"))
@@ -113,6 +110,8 @@ def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir:
     plot_confusion(y_test, (test["prob_model"].to_numpy() >= threshold).astype(int),
                    ["down", "up"], plots / "confusion.png")
     plot_learning_curve(trained["history"], plots / "learning_curve.png")
+    write_learning_curve(trained["history"], curves / "learning_curve.csv")
+    write_equity(bt_rows["timestamp"], strategy["equity"], hold["equity"], curves / "equity.csv")
     if trained["leak_audit"]:
         _plot_leak_audit(trained["leak_audit"], plots / "leak_audit.png")
     backtest = {k: v for k, v in strategy.items() if k != "equity"}
@@ -129,7 +128,7 @@ def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir:
         "diagnosis": diagnosis,
         "val": binary_metrics(val["target"].to_numpy(), val["prob_model"].to_numpy(), threshold),
         "baselines": baselines,
-        "verdict": _verdict(test_metrics, baselines),
+        "verdict": verdict(test_metrics, baselines),
         "walk_forward": trained["walk_forward"],
         "leak_audit": trained["leak_audit"],
         "regression_illusion": trained["regression_illusion"],
@@ -139,6 +138,7 @@ def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir:
         # what shaped these numbers: the train stage's params as it ran, and this stage's own
         "params": {**trained["params"], **flat_params(settings, "crypto.")},
     }
+    metrics["references"] = reference_rows(PIPELINE.references, metrics)
     write_json(metrics, metrics_path)
     log = get_logger()
     log.info("test accuracy %.3f [%.3f, %.3f] at threshold %.3f; %s",
@@ -149,7 +149,7 @@ def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir:
              backtest["buy_and_hold_sharpe"], cfg.fee_bps)
     trained_run = tracking.run_that_wrote(common, "crypto", artifacts / "train.json")
     with tracking.run(common, "crypto", "crypto-evaluate", run_id=trained_run):
-        tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("split", "params")})
+        tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("split", "params", "references")})
         tracking.log_artifacts(plots, artifact_path="plots")
         tracking.log_artifacts(metrics_path)
     tracking.register_model(common, trained_run, PIPELINE.model_name)
@@ -162,4 +162,4 @@ def evaluate_stage(params) -> dict:
 
     paths = CryptoPaths()
     return evaluate_models(params.crypto, params.common, paths.splits, paths.artifacts,
-                           paths.metrics, paths.plots)
+                           paths.metrics, paths.plots, paths.curves)

@@ -851,6 +851,7 @@ def ingest_pairs(settings: QuoraSettings, raw_dir: Path, seed: int) -> dict:
         report["download"] = download_info
     write_parquet(pairs, raw_dir / "pairs.parquet")
     write_parquet(quarantine, raw_dir / "quarantine.parquet")
+    write_json(report, raw_dir / "ingest.json")  # what the report site shows of this data
     log.info("quora ingest (%s): %d of %d pairs kept, %.1f%% duplicates, %d missing question(s)",
              settings.source, report["rows_kept"], report["rows_in"],
              100 * (report["duplicate_share"] or 0), report["missing_questions"])

@@ -34,5 +34,10 @@ class QuoraPaths:
         return self.root / "metrics/quora.json"
 
     @property
+    def curves(self) -> Path:
+        """Data plots (CSV) beside the images: dvc.yaml's top-level plots draw them."""
+        return self.root / "plots/curves/quora"
+
+    @property
     def plots(self) -> Path:
         return self.root / "plots/quora"

@@ -1,15 +1,28 @@
 """The Quora duplicate-question pipeline, declared once (see tasks/pipeline.py)."""
-from tasks.pipeline import Out, Pipeline, Stage
+from tasks.pipeline import LOSSES, Curve, Out, Pipeline, Reference, Stage
 from tasks.quora.paths import QuoraPaths
 
 P = QuoraPaths()
+NOTE = "research note: the full Quora dump (404k pairs), its own split"
 
 PIPELINE = Pipeline(
     name="quora",
+    title="Quora duplicate questions",
+    data_reports=(str(P.raw / "ingest.json"), str(P.clean / "clean.json"), str(P.split / "split.json")),
     model_name="quora-duplicates",
     metrics_file=str(P.metrics),
     headline="test.accuracy",
     baselines=("baselines.majority.accuracy",),
+    references=(
+        Reference("Gensim vectors, plain mean + Siamese", 0.69, NOTE,
+                  "table.gensim_siamese.accuracy"),
+        Reference("pretrained vectors, plain mean + Siamese", 0.72, NOTE,
+                  "table.pretrained_siamese.accuracy"),
+        Reference("TF-IDF-weighted vectors + Siamese", 0.79, NOTE, "table.tfidf_siamese.accuracy"),
+        Reference("TF-IDF-weighted vectors + FC head", 0.84, NOTE, "table.tfidf_fc_head.accuracy"),
+        Reference("BiRNN + 1D conv", 0.91, NOTE, "table.birnn_conv.accuracy"),
+        Reference("majority class", 0.63, NOTE, "baselines.majority.accuracy"),
+    ),
     test_data_stage="quora_split",
     data_stages=("quora_ingest", "quora_clean", "quora_split"),
     stages=(
@@ -37,6 +50,8 @@ PIPELINE = Pipeline(
               "accuracy with intervals vs the majority baseline, the variants table, error "
               "analysis; registers the model",
               params=("common.seed", "common.mlflow", "quora.evaluate"),
-              deps=(str(P.artifacts),), metrics=(str(P.metrics),), plots=(str(P.plots),)),
+              deps=(str(P.artifacts),), metrics=(str(P.metrics),), plots=(str(P.plots),),
+              curves=(Curve(str(P.curves / "learning_curve.csv"), "quora: learning curve",
+                            "epoch", LOSSES, "loss"),)),
     ),
 )

@@ -19,7 +19,9 @@ from tasks.evaluate import (
     plot_confusion,
     plot_learning_curve,
     plot_roc,
+    reference_rows,
     verdict,
+    write_learning_curve,
 )
 from tasks.logs import get_logger
 from tasks.quora.pipeline import PIPELINE
@@ -47,7 +49,7 @@ def _scored(preds: pd.DataFrame, column: str, settings: QuoraSettings, seed: int
 
 @task(name="quora-evaluate")
 def evaluate_models(settings: QuoraSettings, common: CommonSettings, artifacts: Path,
-                    metrics_path: Path, plots: Path) -> dict:
+                    metrics_path: Path, plots: Path, curves: Path) -> dict:
     """Write metrics/quora.json and plots/quora/*.png; log both to the training MLflow run."""
     trained = read_json(artifacts / "train.json")
     preds = read_parquet(artifacts / "predictions.parquet")
@@ -59,7 +61,8 @@ def evaluate_models(settings: QuoraSettings, common: CommonSettings, artifacts: 
     table = []
     for cfg in trained["configs"]:
         row = _scored(preds, cfg["column"], settings, common.seed)["test"]
-        table.append({"config": cfg["name"], "vectors": cfg["vectors"] or "token_ids",
+        table.append({"key": cfg["key"], "config": cfg["name"],
+                      "vectors": cfg["vectors"] or "token_ids",
                       "variant": cfg["variant"], "main": bool(cfg.get("main")),
                       **{k: row[k] for k in ROW_FIELDS}})
     logistic = _scored(preds, trained["baselines"]["logistic"]["column"], settings,
@@ -71,12 +74,14 @@ def evaluate_models(settings: QuoraSettings, common: CommonSettings, artifacts: 
                "baselines": baselines, "verdict": verdict(scored["test"], baselines),
                "table": table,
                "params": {**trained["params"], **flat_params(settings, "quora.")}}
+    metrics["references"] = reference_rows(PIPELINE.references, metrics)
     plots.mkdir(parents=True, exist_ok=True)
     prob = test[main["column"]].to_numpy()
     plot_confusion(y_test, (prob >= scored["test"]["threshold"]).astype(int),
                    ["different", "duplicate"], plots / "confusion.png")
     plot_roc(y_test, prob, plots / "roc.png")
     plot_learning_curve(main["history"], plots / "learning_curve.png")
+    write_learning_curve(main["history"], curves / "learning_curve.csv")
     write_json(metrics, metrics_path)
     log = get_logger()
     t = scored["test"]
@@ -93,7 +98,7 @@ def evaluate_models(settings: QuoraSettings, common: CommonSettings, artifacts: 
     trained_run = tracking.run_that_wrote(common, "quora", artifacts / "train.json")
     with tracking.run(common, "quora", "quora-evaluate", run_id=trained_run):
         tracking.log_metrics({k: v for k, v in metrics.items()
-                              if k not in ("table", "config", "params")})
+                              if k not in ("table", "config", "params", "references")})
         tracking.log_artifacts(plots, artifact_path="plots")
         tracking.log_artifacts(metrics_path)
     tracking.register_model(common, trained_run, PIPELINE.model_name)
@@ -106,4 +111,4 @@ def evaluate_stage(params) -> dict:
 
     paths = QuoraPaths()
     return evaluate_models(params.quora, params.common, paths.artifacts, paths.metrics,
-                           paths.plots)
+                           paths.plots, paths.curves)

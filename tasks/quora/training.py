@@ -27,19 +27,23 @@ from tasks.train import FitConfig, fit, predict, seed_everything
 def table_configs(settings: QuoraSettings, available: list[str]) -> list[dict]:
     """The note's configurations that the available vectors allow, the configured one marked."""
     src = settings.embed.vectors
-    rows = [{"name": "gensim + siamese", "vectors": "gensim_mean", "variant": "siamese"},
-            {"name": "pretrained + siamese", "vectors": "pretrained_mean", "variant": "siamese"},
-            {"name": f"{src} + tf-idf + siamese", "vectors": f"{src}_tfidf", "variant": "siamese"},
-            {"name": f"{src} + tf-idf + fc_head", "vectors": f"{src}_tfidf", "variant": "fc_head"},
-            {"name": "birnn_conv", "vectors": None, "variant": "birnn_conv"}]
+    rows = [{"key": "gensim_siamese", "name": "gensim + siamese", "vectors": "gensim_mean",
+             "variant": "siamese"},
+            {"key": "pretrained_siamese", "name": "pretrained + siamese",
+             "vectors": "pretrained_mean", "variant": "siamese"},
+            {"key": "tfidf_siamese", "name": f"{src} + tf-idf + siamese",
+             "vectors": f"{src}_tfidf", "variant": "siamese"},
+            {"key": "tfidf_fc_head", "name": f"{src} + tf-idf + fc_head",
+             "vectors": f"{src}_tfidf", "variant": "fc_head"},
+            {"key": "birnn_conv", "name": "birnn_conv", "vectors": None, "variant": "birnn_conv"}]
     rows = [r for r in rows if r["vectors"] is None or r["vectors"] in available]
     variant = settings.model.variant
     main_vectors = None if variant == "birnn_conv" else f"{src}_{settings.embed.weighting}"
     main = next((r for r in rows if r["vectors"] == main_vectors and r["variant"] == variant),
                 None)
     if main is None:
-        main = {"name": f"{main_vectors} + {variant}", "vectors": main_vectors,
-                "variant": variant}
+        main = {"key": f"{main_vectors}_{variant}", "name": f"{main_vectors} + {variant}",
+                "vectors": main_vectors, "variant": variant}
         rows.append(main)
     main["main"] = True
     return rows if settings.evaluate.table else [main]

@@ -46,5 +46,10 @@ class KineticsPaths:
         return self.root / "metrics/kinetics.json"
 
     @property
+    def curves(self) -> Path:
+        """Data plots (CSV) beside the images: dvc.yaml's top-level plots draw them."""
+        return self.root / "plots/curves/kinetics"
+
+    @property
     def plots(self) -> Path:
         return self.root / "plots/kinetics"

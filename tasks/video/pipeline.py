@@ -1,8 +1,9 @@
 """The Kinetics action-recognition pipeline, declared once (see tasks/pipeline.py)."""
-from tasks.pipeline import Out, Pipeline, Stage
+from tasks.pipeline import LOSSES, Curve, Out, Pipeline, Reference, Stage
 from tasks.video.paths import KineticsPaths
 
 P = KineticsPaths()
+NOTE = "research note: Kinetics-400 val (400 classes), ResNet-50 from ImageNet"
 DATA = (str(P.split), str(P.manifest), str(P.frames))
 # what clips look like to a model (the split's train_dev_fraction is kinetics_split's alone)
 VIEWS = tuple(f"kinetics.dataset.{k}" for k in ("frames", "sampling", "crop", "flip",
@@ -12,10 +13,20 @@ MODEL_PARAMS = ("common.seed", "common.device", "common.mlflow", "kinetics.train
 
 PIPELINE = Pipeline(
     name="kinetics",
+    title="Kinetics action recognition (BesNet)",
+    data_reports=(str(P.report),),
     model_name="kinetics-besnet",
     metrics_file=str(P.metrics),
     headline="test.top1",
-    baselines=("chance_top1",),
+    baselines=("baselines.chance.top1",),
+    references=(
+        Reference("BesNet-50, random temporal dilation", 0.74, NOTE, "test.top1"),
+        Reference("BesNet-50, no dilation (d = 1)", 0.70, NOTE, "besnet_fixed.top1",
+                  when=(("besnet_fixed.dilation", 1),)),
+        Reference("BesNet-50, fixed dilation 2", 0.68, NOTE, "besnet_fixed.top1",
+                  when=(("besnet_fixed.dilation", 2),)),
+        Reference("frame ResNet-50 features + MLP", 0.65, NOTE, "baselines.frame_model.top1"),
+    ),
     test_data_stage="kinetics_split",
     data_stages=("kinetics_download", "kinetics_frames", "kinetics_index", "kinetics_split"),
     ablation_skips=("kinetics_baseline",),  # the ablated switches are BesNet's
@@ -65,6 +76,8 @@ PIPELINE = Pipeline(
                       "kinetics.dataset.test_clips", "kinetics.dataset.test_crops"),
               deps=(str(P.split), str(P.manifest), str(P.frames), str(P.artifacts / "besnet"),
                     str(P.artifacts / "besnet_fixed"), str(P.artifacts / "baseline")),
-              metrics=(str(P.metrics),), plots=(str(P.plots),)),
+              metrics=(str(P.metrics),), plots=(str(P.plots),),
+              curves=(Curve(str(P.curves / "learning_curve.csv"), "kinetics: BesNet learning curve",
+                            "epoch", LOSSES, "loss"),)),
     ),
 )

@@ -22,7 +22,10 @@ from tasks.evaluate import (
     per_class_accuracy,
     plot_confusion,
     plot_learning_curve,
+    reference_rows,
     topk_accuracy,
+    verdict,
+    write_learning_curve,
 )
 from tasks.logs import get_logger
 from tasks.storage import read_json, write_json
@@ -92,6 +95,18 @@ def score(log_probs: np.ndarray, labels: np.ndarray, classes: list[str], seed: i
                           zip(classes, per_class, strict=True)}}
 
 
+def chance(n_classes: int) -> dict[str, float]:
+    """Top-1 / Top-5 of guessing uniformly among the classes."""
+    return {"top1": 1 / n_classes, "top5": min(5, n_classes) / n_classes}
+
+
+def without(metrics: dict[str, Any], key: str) -> dict[str, Any]:
+    """A copy of nested metrics with every `key` left out (per-class accuracies: class names
+    are not valid MLflow metric keys)."""
+    return {k: without(v, key) if isinstance(v, dict) else v
+            for k, v in metrics.items() if k != key}
+
+
 def _ablation(correct: dict[str, np.ndarray], seed: int, n_resamples: int) -> dict:
     diff = mean_ci(correct["besnet"].astype(float) - correct["besnet_fixed"], seed=seed,
                    n_resamples=n_resamples)
@@ -120,7 +135,7 @@ def split_errors(model: nn.Module, splits: ClipSplits, settings: KineticsSetting
 
 def evaluate_models(settings: KineticsSettings, common: CommonSettings, split_dir: Path,
                     classes_path: Path, artifacts: Path, metrics_path: Path, plots: Path,
-                    device: torch.device) -> dict:
+                    curves: Path, device: torch.device) -> dict:
     """Score every model kinetics_train / kinetics_baseline wrote on kinetics_split's test
     clips; metrics JSON, plots, MLflow."""
     log = get_logger()
@@ -136,22 +151,28 @@ def evaluate_models(settings: KineticsSettings, common: CommonSettings, split_di
     n_boot = settings.evaluate.bootstrap
     metrics: dict[str, Any] = {
         "test_split": splits.test_name, "clips": int(len(labels)), "classes": len(classes),
-        "chance_top1": 1 / len(classes),
         "views": settings.dataset.test_clips * settings.dataset.test_crops,
-        "params": params}
+        "baselines": {"chance": chance(len(classes))}, "params": params}
     correct = {}
     for name in names:
         model = load_trained(name, settings, len(classes), artifacts)
         log_probs = predict(ViewAverage(model), loader, device)
-        key = {"besnet": "test", "besnet_fixed": "besnet_fixed", "baseline": "baseline"}[name]
-        metrics[key] = score(log_probs, labels, classes, common.seed, n_boot)
+        scored = score(log_probs, labels, classes, common.seed, n_boot)
+        if name == "baseline":
+            metrics["baselines"]["frame_model"] = scored
+        elif name == "besnet_fixed":
+            metrics["besnet_fixed"] = {**scored, "dilation": settings.model.fixed_dilation}
+        else:
+            metrics["test"] = scored
         correct[name] = log_probs.argmax(axis=1) == labels
         plot_confusion(labels, log_probs.argmax(axis=1), classes,
                        plots / f"confusion_{name}.png")
-        plot_learning_curve(read_json(artifacts / name / SUMMARY_FILE)["history"],
-                            plots / f"learning_curve_{name}.png")
+        history = read_json(artifacts / name / SUMMARY_FILE)["history"]
+        plot_learning_curve(history, plots / f"learning_curve_{name}.png")
+        if name == "besnet":  # the registered model's curve is also a DVC data plot
+            write_learning_curve(history, curves / "learning_curve.csv")
         log.info("%s: top1 %.3f top5 %.3f on %d %s clips (%d views each)", name,
-                 metrics[key]["top1"], metrics[key]["top5"], len(labels), splits.test_name,
+                 scored["top1"], scored["top5"], len(labels), splits.test_name,
                  metrics["views"])
     if "besnet_fixed" in correct:
         metrics["ablation"] = {"dilation": _ablation(correct, common.seed, n_boot)}
@@ -160,14 +181,17 @@ def evaluate_models(settings: KineticsSettings, common: CommonSettings, split_di
     errors["test"] = 1 - metrics["test"]["top1"]
     metrics["diagnosis"] = error_analysis(errors, settings.evaluate.reference_error)
     log.info("besnet: %s", diagnosis_line(metrics["diagnosis"]))
+    metrics["verdict"] = verdict(metrics["test"], metrics["baselines"], "top1")
+    metrics["references"] = reference_rows(PIPELINE.references, metrics)
+    log.info("besnet: %s", metrics["verdict"]["text"])
     write_json(metrics, metrics_path)
     trained_run = tracking.run_that_wrote(common, "kinetics", artifacts / "besnet" / SUMMARY_FILE)
     with tracking.run(common, "kinetics", "kinetics-evaluate", run_id=trained_run):
         # per-class accuracies stay in the JSON: class names are not valid MLflow metric keys
-        tracking.log_metrics({k: {m: x for m, x in v.items() if m != "per_class"}
-                              for k, v in metrics.items()
-                              if k in ("test", "baseline", "ablation", "besnet_fixed",
-                                       "diagnosis")})
+        tracking.log_metrics(without(
+            {k: v for k, v in metrics.items()
+             if k in ("test", "baselines", "ablation", "besnet_fixed", "diagnosis", "verdict")},
+            "per_class"))
         tracking.log_artifacts(plots, artifact_path="plots")
         tracking.log_artifacts(metrics_path)
     tracking.register_model(common, trained_run, PIPELINE.model_name)
@@ -182,4 +206,4 @@ def evaluate_stage(params) -> dict:
     paths = KineticsPaths()
     return evaluate_models(params.kinetics, params.common, paths.split,
                            paths.manifest / "classes.json", paths.artifacts, paths.metrics,
-                           paths.plots, resolve_device(params.common.device))
+                           paths.plots, paths.curves, resolve_device(params.common.device))

@@ -12,7 +12,7 @@ import yaml
 from tests.flows.repo_copy import repo_env, run, small_repo
 
 pytestmark = pytest.mark.slow
-KINETICS_KEYS = ["test.top1", "test.top5", "test.top1_ci.low", "baseline.top1",
+KINETICS_KEYS = ["test.top1", "test.top5", "test.top1_ci.low", "baselines.frame_model.top1",
                  "ablation.dilation.random", "ablation.dilation.fixed",
                  "ablation.dilation.difference_ci.high", "diagnosis.variance",
                  "diagnosis.dev_overfitting"]
@@ -74,6 +74,92 @@ def test_metrics_show_lists_the_interface_keys(repo, path, keys):
         for part in dotted.split("."):
             assert part in node, dotted
             node = node[part]
+
+
+@pytest.mark.parametrize("name", ["crypto", "quora", "kinetics"])
+def test_every_metrics_file_has_baselines_a_verdict_and_the_notes_numbers(repo, name):
+    from tasks.evaluate import metric_value
+    from tasks.pipeline import declaration
+
+    repo_path, _, _, _ = repo
+    spec = declaration(name)
+    metrics = json.loads((repo_path / spec.metrics_file).read_text())
+    verdict = metrics["verdict"]
+    metric = spec.headline.split(".")[-1]
+    assert verdict["metric"] == metric and set(verdict["beats"]) == set(metrics["baselines"])
+    strongest = max(row[metric] for row in metrics["baselines"].values())
+    assert verdict["strongest_value"] == strongest
+    low = metric_value(metrics, f"{spec.headline}_ci.low")
+    assert verdict["beats_strongest_baseline"] == (low > strongest)
+    for key in spec.baselines:
+        assert key.startswith("baselines.") and metric_value(metrics, key) >= 0
+    rows = metrics["references"]
+    assert [r["label"] for r in rows] == [ref.label for ref in spec.references]
+    for row, ref in zip(rows, spec.references, strict=True):
+        assert row["theirs"] == ref.value and row["measured_on"] == ref.measured_on
+        if row["ours"] is not None:
+            assert row["ours"] == metric_value(metrics, ref.ours)
+    assert any(r["ours"] is not None for r in rows)
+
+
+def test_the_report_site_reads_clean_in_a_real_browser(repo, tmp_path):
+    """Every page opens headless with no failed request and no console error; every marked
+    number equals the metrics file; screenshots are not blank; a narrow window scrolls no
+    page sideways."""
+    from selenium.webdriver.common.by import By
+
+    from tasks.evaluate import metric_value
+    from tasks.pipeline import declarations
+    from tests.flows.browser import chrome, console_errors, failed_requests, screenshot_is_blank
+
+    path, _, _, _ = repo
+    site = path / "reports/site"
+    specs = {spec.name: spec for spec in declarations()}
+    metrics = {name: json.loads((path / spec.metrics_file).read_text())
+               for name, spec in specs.items()}
+    browser = chrome()
+    try:
+        for page in ["index", *specs]:
+            browser.get((site / f"{page}.html").as_uri())
+            assert browser.title.endswith("ReproLab")
+            assert not console_errors(browser) and not failed_requests(browser), page
+            checked = 0
+            for pipeline in specs if page == "index" else [page]:
+                scope = (browser.find_element(By.CSS_SELECTOR, f'[data-pipeline="{pipeline}"]')
+                         if page == "index" else browser)
+                marks = scope.find_elements(By.CSS_SELECTOR, "[data-metric]")
+                keys = [m.get_attribute("data-metric") for m in marks]
+                assert specs[pipeline].headline in keys, (page, pipeline)
+                for mark, key in zip(marks, keys, strict=True):
+                    value = float(mark.get_attribute("data-value"))
+                    assert value == metric_value(metrics[pipeline], key), (page, key)
+                    assert mark.text == f"{value:.3f}", (page, key)
+                    checked += 1
+            shot = tmp_path / f"{page}.png"
+            browser.save_screenshot(str(shot))
+            assert checked and not screenshot_is_blank(shot), page
+        browser.set_window_size(420, 900)
+        for page in ["index", *specs]:
+            browser.get((site / f"{page}.html").as_uri())
+            overflow = browser.execute_script(
+                "return document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 1, (page, overflow)
+    finally:
+        browser.quit()
+    html = "".join(p.read_text() for p in site.glob("*.html"))
+    assert "http://" not in html and "https://" not in html
+
+
+def test_dvc_knows_the_data_plots(repo):
+    """Learning curves and the equity curve are DVC data plots (what `dvc plots diff` draws)."""
+    repo_path, env, _, _ = repo
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], repo_path, env).stdout)["data"]
+    assert {"crypto: learning curve", "crypto: backtest equity", "quora: learning curve",
+            "kinetics: BesNet learning curve"} <= set(shown), set(shown)
+    equity = shown["crypto: backtest equity"][0]["content"]["data"]["values"]
+    assert {row["field"] for row in equity} == {"model", "buy_and_hold"}
+    curve = shown["quora: learning curve"][0]["content"]["data"]["values"]
+    assert {row["field"] for row in curve} == {"train_loss", "val_loss"} and len(curve) >= 4
 
 
 def test_mlflow_sqlite_store_holds_the_runs_and_models(repo):

@@ -268,3 +268,34 @@ def test_error_analysis_without_train_dev_or_reference():
     assert got["largest"] == "variance" and "avoidable" not in diagnosis_line(got)
     with pytest.raises(DataError, match="dev"):
         error_analysis({"train": 0.1, "test": 0.2}, 0.0)
+
+
+# ---------------------------------------------------------------- verdict, the notes' numbers
+def test_the_verdict_names_every_baseline_the_interval_clears():
+    from tasks.evaluate import verdict
+
+    baselines = {"chance": {"top1": 0.1}, "frame_model": {"top1": 0.6}}
+    judged = verdict({"top1": 0.7, "top1_ci": {"low": 0.55, "high": 0.8}}, baselines, "top1")
+    assert judged["beats"] == {"chance": True, "frame_model": False}
+    assert judged["strongest_baseline"] == "frame_model" and not judged["beats_strongest_baseline"]
+    assert judged["text"].startswith("no evidence of skill")
+
+
+def test_reference_rows_put_ours_beside_theirs_only_where_comparable():
+    from tasks.evaluate import reference_rows
+    from tasks.pipeline import Reference
+
+    metrics = {"test": {"top1": 0.8}, "besnet_fixed": {"top1": 0.7, "dilation": 1},
+               "table": [{"key": "fc", "accuracy": 0.77}]}
+    refs = (Reference("random", 0.74, "K400", "test.top1"),
+            Reference("d=1", 0.70, "K400", "besnet_fixed.top1", when=(("besnet_fixed.dilation", 1),)),
+            Reference("d=2", 0.68, "K400", "besnet_fixed.top1", when=(("besnet_fixed.dilation", 2),)),
+            Reference("fc head", 0.84, "dump", "table.fc.accuracy"),
+            Reference("frame MLP", 0.65, "K400", "baselines.frame_model.top1"),
+            Reference("no counterpart", 0.5, "elsewhere"))
+    rows = {r["label"]: r for r in reference_rows(refs, metrics)}
+    assert [rows[k]["ours"] for k in ("random", "d=1", "fc head")] == [0.8, 0.7, 0.77]
+    assert rows["d=2"]["ours"] is None and "besnet_fixed.dilation is not 2" in rows["d=2"]["why_not"]
+    assert rows["frame MLP"]["ours"] is None and "not measured" in rows["frame MLP"]["why_not"]
+    assert rows["no counterpart"]["ours"] is None and rows["random"]["theirs"] == 0.74
+    assert rows["random"]["measured_on"] == "K400" and rows["random"]["why_not"] == ""

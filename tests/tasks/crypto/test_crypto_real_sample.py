@@ -44,7 +44,7 @@ def run(tmp_path_factory):
     train = train_models.fn(crypto, common, paths.features, paths.splits, paths.artifacts,
                             torch.device("cpu"))
     metrics = evaluate_models.fn(crypto, common, paths.splits, paths.artifacts, paths.metrics,
-                                 paths.plots)
+                                 paths.plots, paths.curves)
     return {"ingest": ingest, "split": split, "train": train, "metrics": metrics,
             "paths": paths, "common": common}
 

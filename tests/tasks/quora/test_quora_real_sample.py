@@ -33,7 +33,7 @@ def _run(tmp: Path, overrides: dict) -> tuple[QuoraPaths, dict]:
     embed_questions.fn(q, paths.split, paths.embed, c.seed)
     paths.artifacts.mkdir(parents=True)
     train_models.fn(q, c, paths.split, paths.embed, paths.artifacts, torch.device("cpu"))
-    return paths, evaluate_models.fn(q, c, paths.artifacts, paths.metrics, paths.plots)
+    return paths, evaluate_models.fn(q, c, paths.artifacts, paths.metrics, paths.plots, paths.curves)
 
 
 @pytest.fixture(scope="module", params=["siamese", "fc_head"])
