@@ -16,7 +16,7 @@ from tasks.config import Params, load_params
 from tasks.errors import ReproLabError
 from tasks.logs import get_logger
 from tasks.parallel import shared_prefect_api
-from tasks.pipeline import ParamsView, Pipeline, Stage
+from tasks.pipeline import ParamsView, Pipeline, Stage, describe
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -145,24 +145,18 @@ def pipeline_flow(pipeline: Pipeline, flows: dict[str, Any]) -> Any:
     return run_pipeline
 
 
-def describe(pipeline: Pipeline) -> str:
-    lines = [f"stages of the {pipeline.name} pipeline, in order (dvc.yaml has the same):"]
-    for stage in pipeline.stages:
-        lines.append(f"  {stage.step:<10} {stage.doc}")
-        lines.append(f"  {'':<10} params: {', '.join(stage.params)}")
-    lines.append("  pipeline   every stage: `dvc repro` decides what is stale")
-    return "\n".join(lines)
-
-
 def main(pipeline: Pipeline, flows: dict[str, Any], whole: Any,
-         argv: list[str] | None = None) -> int:
-    """CLI: `python -m flows.<pipeline> <stage>|pipeline [--set key=value ...]`."""
+         argv: list[str] | None = None, prog: str | None = None,
+         default_stage: str | None = None) -> int:
+    """CLI: `python -m flows.<pipeline> <stage>|pipeline [--set key=value ...]`; `reprolab run`
+    calls it with its own `prog` and "pipeline" as the default stage."""
     parser = argparse.ArgumentParser(
-        prog=f"python -m flows.{pipeline.name}", epilog=describe(pipeline),
+        prog=prog or f"python -m flows.{pipeline.name}", epilog=describe(pipeline),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run one stage as a Prefect flow, or the whole pipeline through DVC. "
                     "With --set in a DVC repo, the run is a DVC experiment (dvc exp run -S).")
-    parser.add_argument("stage", choices=[*flows, "pipeline"])
+    parser.add_argument("stage", choices=[*flows, "pipeline"],
+                        nargs="?" if default_stage else None, default=default_stage)
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a params.yaml value (dotted key)")
     parser.add_argument("--profile", metavar="FILE", help="a YAML file of dotted overrides, "

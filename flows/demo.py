@@ -1,18 +1,22 @@
-"""`make demo`: run every pipeline end to end on `source: demo` (offline) and print the results."""
+"""`make demo`: run every pipeline end to end on `source: demo` (offline) and print the results.
+
+    python -m flows.demo [--help]        (also `reprolab demo`)
+
+The pipelines' flows are imported when the demo runs, so `--help` answers at once.
+"""
 from __future__ import annotations
 
+import argparse
+import importlib
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-import flows.common  # noqa: F401  (telemetry off before Prefect is imported)
-from flows import crypto, kinetics, quora
-from flows.report import refresh_site
 from tasks.pipeline import declaration
-from tasks.site import SITE
 from tasks.storage import read_json
 
 console = Console()
@@ -118,18 +122,30 @@ def references_row(metrics: dict) -> list[tuple[str, str, str]]:
 
 
 # how the demo prints each declared pipeline's metrics (tasks/<pipeline>/pipeline.py)
-PIPELINES = {"crypto": (crypto.pipeline, crypto_rows), "quora": (quora.pipeline, quora_rows),
-             "kinetics": (kinetics.pipeline, kinetics_rows)}
+PIPELINES: dict[str, Callable[[dict], list[tuple[str, str, str]]]] = {
+    "crypto": crypto_rows, "quora": quora_rows, "kinetics": kinetics_rows}
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Run every pipeline end to end as Prefect flows driving "
+        "`dvc repro` (params.yaml as it is: `source: demo` by default, generated data, offline), "
+        "then print a table of the headline metrics and where to look. Reruns only what is "
+        "stale.",
+        epilog=f"pipelines, in this order: {', '.join(PIPELINES)}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m flows.demo") -> int:
+    parse_args(argv, prog)
     table = Table(title="ReproLab demo results (source: demo)", show_lines=True)
     for col in ("pipeline", "metric", "value", "note"):
         table.add_column(col)
-    for name, (run, rows) in PIPELINES.items():
+    for name, rows in PIPELINES.items():
         start = time.time()
         console.rule(f"[bold]{name} pipeline")
-        result = run()
+        # flows.<name> imports flows.common first: telemetry off before Prefect is imported
+        result = importlib.import_module(f"flows.{name}").pipeline()
         console.print(f"{name}: stages run {result['stages_run'] or 'none (up to date)'} "
                       f"in {time.time() - start:.0f} s")
         metrics = read_json(declaration(name).metrics_file)
@@ -137,6 +153,9 @@ def main() -> int:
         for metric, value, note in shown:
             table.add_row(name, metric, value, note)
     console.rule("[bold]report site")
+    from flows.report import refresh_site
+    from tasks.site import SITE
+
     refresh_site()
     console.print(table)
     console.print(

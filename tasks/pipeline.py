@@ -137,6 +137,17 @@ def declarations() -> list[Pipeline]:
     return [declaration(name) for name in PIPELINES]
 
 
+def describe(pipeline: Pipeline) -> str:
+    """The stages in order: step, what it does, its DVC stage name and the params it reads
+    (the help of `python -m flows.<pipeline>` and `reprolab run`)."""
+    lines = [f"stages of the {pipeline.name} pipeline, in order (dvc.yaml has the same):"]
+    for stage in pipeline.stages:
+        lines.append(f"  {stage.step:<10} {stage.doc}")
+        lines.append(f"  {'':<10} stage {stage.name}; params: {', '.join(stage.params)}")
+    lines.append("  pipeline   every stage: `dvc repro` decides what is stale")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- params, enforced
 def _allowed(key: str, declared: Iterable[str]) -> bool:
     return any(key == d or key.startswith(f"{d}.") for d in declared)

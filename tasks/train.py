@@ -4,6 +4,8 @@ Read `fit` top to bottom. Loaders yield `(inputs..., target)`; the model is call
 `model(*inputs)` and the loss as `loss_fn(outputs, target)` (a mean over the batch).
 Under torchrun (`tasks.distributed.init_distributed` first) the same loop runs on every rank
 with DistributedDataParallel; without a process group it is a plain single-process loop.
+A bar over the batches shows epoch, loss and ETA on a terminal; inside a Prefect run the same
+progress is a progress artifact (tasks/progress.py).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from tasks.diagnostics import GradientDiagnostics
 from tasks.errors import ConfigError, DataError, ReproLabError
 from tasks.fingerprint import code_digest
 from tasks.logs import get_logger
+from tasks.progress import Progress
 from tasks.storage import atomic_path
 
 History = list[dict[str, float]]
@@ -348,79 +351,86 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
 
     diagnostics = _diagnostics(config, val_loader, device) if main else None
     n_batches = len(train_loader)
-    for epoch in range(start_epoch, config.epochs + 1):
-        if stopped_early:
-            break
-        started = time.perf_counter()
-        if isinstance(train_loader.sampler, DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)  # a new order each epoch, agreed by all ranks
-        if hasattr(train_loader.dataset, "set_epoch"):  # per-epoch augmentation draws (resumable)
-            train_loader.dataset.set_epoch(epoch)
+    # a bar over every batch (terminal only); inside a Prefect run, a progress artifact
+    with Progress(config.epochs * n_batches, "train", unit="batch",
+                  initial=(start_epoch - 1) * n_batches, quiet=not main) as bar:
+        for epoch in range(start_epoch, config.epochs + 1):
+            if stopped_early:
+                break
+            started = time.perf_counter()
+            if isinstance(train_loader.sampler, DistributedSampler):
+                train_loader.sampler.set_epoch(epoch)  # a new order each epoch, agreed by all ranks
+            if hasattr(train_loader.dataset, "set_epoch"):  # per-epoch augmentation (resumable)
+                train_loader.dataset.set_epoch(epoch)
 
-        # ---- train one epoch (gradient accumulation over `grad_accum` batches)
-        net.train()
-        optimizer.zero_grad(set_to_none=True)
-        train_total, train_count, lr = 0.0, 0, optimizer.param_groups[0]["lr"]
-        for i, batch in enumerate(train_loader):
-            inputs, target = _split_batch(batch, device)
-            group_start = (i // config.grad_accum) * config.grad_accum
-            group_size = min(config.grad_accum, n_batches - group_start)
-            last_of_group = i - group_start + 1 == group_size
-            with distributed.grad_sync(net, last_of_group):  # DDP: average grads once per step
-                with _autocast(device):
-                    outputs = net(*inputs)
-                loss = loss_fn(outputs.float(), target)
-                (loss / group_size).backward()
-            train_total += loss.item() * len(target)
-            train_count += len(target)
-            if last_of_group:
-                if config.max_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
-                scheduler.step()
-                steps_run += 1
-                optimizer.zero_grad(set_to_none=True)
-                if diagnostics is not None:
-                    diagnostics(scheduler.last_epoch, model)
-        if n_ranks > 1:
-            distributed.broadcast_buffers(model)  # BatchNorm statistics: rank 0's everywhere
+            # ---- train one epoch (gradient accumulation over `grad_accum` batches)
+            net.train()
+            optimizer.zero_grad(set_to_none=True)
+            train_total, train_count, lr = 0.0, 0, optimizer.param_groups[0]["lr"]
+            for i, batch in enumerate(train_loader):
+                inputs, target = _split_batch(batch, device)
+                group_start = (i // config.grad_accum) * config.grad_accum
+                group_size = min(config.grad_accum, n_batches - group_start)
+                last_of_group = i - group_start + 1 == group_size
+                with distributed.grad_sync(net, last_of_group):  # DDP: average grads once per step
+                    with _autocast(device):
+                        outputs = net(*inputs)
+                    loss = loss_fn(outputs.float(), target)
+                    (loss / group_size).backward()
+                train_total += loss.item() * len(target)
+                train_count += len(target)
+                bar.update(1, epoch=f"{epoch}/{config.epochs}", loss=train_total / train_count)
+                if last_of_group:
+                    if config.max_grad_norm is not None:
+                        nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    lr = optimizer.param_groups[0]["lr"]
+                    optimizer.step()
+                    scheduler.step()
+                    steps_run += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    if diagnostics is not None:
+                        diagnostics(scheduler.last_epoch, model)
+            if n_ranks > 1:
+                distributed.broadcast_buffers(model)  # BatchNorm statistics: rank 0's everywhere
 
-        # ---- validate (sums over all ranks), keep the best weights, decide on early stopping
-        val_total, val_count = _loss_sums(model, val_loader, loss_fn, device)
-        train_total, train_count, val_total, val_count = distributed.all_reduce_sum(
-            [train_total, train_count, val_total, val_count], device)
-        val_loss = val_total / max(val_count, 1)
-        if val_loss < best_val:
-            best_val, best_epoch = val_loss, epoch
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        stopped_early = epoch - best_epoch >= config.patience and epoch < config.epochs
-        row = {"epoch": epoch, "train_loss": train_total / max(train_count, 1),
-               "val_loss": val_loss, "lr": lr}
-        history.append(row)  # no wall-clock value: the history lands in DVC-tracked artifacts
-        seconds = time.perf_counter() - started
-        if main:
-            log.info("epoch %d/%d train_loss %.4f val_loss %.4f lr %.2e (%.1fs)%s", epoch,
-                     config.epochs, row["train_loss"], val_loss, lr, seconds,
-                     " *" if best_epoch == epoch else "")
-
-        # ---- checkpoint (atomically, rank 0 only), then report
-        if checkpoint_path is not None:
+            # ---- validate (sums over all ranks), keep the best weights, decide on early stopping
+            val_total, val_count = _loss_sums(model, val_loader, loss_fn, device)
+            train_total, train_count, val_total, val_count = distributed.all_reduce_sum(
+                [train_total, train_count, val_total, val_count], device)
+            val_loss = val_total / max(val_count, 1)
+            if val_loss < best_val:
+                best_val, best_epoch = val_loss, epoch
+                best_state = {k: v.detach().to("cpu", copy=True)
+                              for k, v in model.state_dict().items()}
+            stopped_early = epoch - best_epoch >= config.patience and epoch < config.epochs
+            row = {"epoch": epoch, "train_loss": train_total / max(train_count, 1),
+                   "val_loss": val_loss, "lr": lr}
+            history.append(row)  # no wall-clock value: the history lands in DVC-tracked artifacts
+            bar.update(0, val_loss=val_loss)
+            seconds = time.perf_counter() - started
             if main:
-                with atomic_path(checkpoint_path) as tmp:
-                    torch.save({
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch,
-                        "best_state": best_state, "best_val": best_val, "best_epoch": best_epoch,
-                        "stopped_early": stopped_early, "history": history,
-                        "rng": _rng_states(train_loader), "identity": identity,
-                    }, tmp)
-            distributed.barrier()  # no rank moves on (or returns) before the file is complete
-        if on_epoch is not None and main:
-            on_epoch({**row, "seconds": seconds})  # the epoch's duration: for MLflow only
-        if stopped_early and main:
-            log.info("early stop: no val improvement for %d epochs (best epoch %d, val_loss %.4f)",
-                     config.patience, best_epoch, best_val)
+                log.info("epoch %d/%d train_loss %.4f val_loss %.4f lr %.2e (%.1fs)%s", epoch,
+                         config.epochs, row["train_loss"], val_loss, lr, seconds,
+                         " *" if best_epoch == epoch else "")
+
+            # ---- checkpoint (atomically, rank 0 only), then report
+            if checkpoint_path is not None:
+                if main:
+                    with atomic_path(checkpoint_path) as tmp:
+                        torch.save({
+                            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "epoch": epoch,
+                            "best_state": best_state, "best_val": best_val,
+                            "best_epoch": best_epoch,
+                            "stopped_early": stopped_early, "history": history,
+                            "rng": _rng_states(train_loader), "identity": identity,
+                        }, tmp)
+                distributed.barrier()  # no rank moves on (or returns) before the file is complete
+            if on_epoch is not None and main:
+                on_epoch({**row, "seconds": seconds})  # the epoch's duration: for MLflow only
+            if stopped_early and main:
+                log.info("early stop: no val improvement for %d epochs "
+                         "(best epoch %d, val_loss %.4f)", config.patience, best_epoch, best_val)
 
     if best_state is None:
         raise ReproLabError("training diverged: the validation loss was never finite")

@@ -367,8 +367,7 @@ def download_all(manifest: pd.DataFrame, settings: KineticsDownload, clips_dir: 
                 _record(ledger, counts, clip_id, status, reason, permanent)
             ledger.save()  # progress survives an interrupted run
             done += len(results)
-            bar.update(len(results))
-            bar.set_postfix(failed=counts["failed"], remaining=len(todo) - done)
+            bar.update(len(results), failed=counts["failed"], remaining=len(todo) - done)
             log.info("kinetics download (%s): %d/%d done: %d downloaded, %d present, %d failed, "
                      "%d skipped, %d remaining", source, done, len(todo), counts["downloaded"],
                      counts["present"], counts["failed"], counts["skipped"], len(todo) - done)

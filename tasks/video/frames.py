@@ -228,8 +228,8 @@ def extract_all(manifest: pd.DataFrame, clips_dir: str | os.PathLike,
                     log.debug("%s: %s", clip_id, reason)
             ledger.save()
             done += len(results)
-            bar.update(len(results))
-            bar.set_postfix(failed=counts["failed"] + counts["missing"], remaining=len(rows) - done)
+            bar.update(len(results), failed=counts["failed"] + counts["missing"],
+                       remaining=len(rows) - done)
             log.info("kinetics frames: %d/%d: %d extracted, %d skipped, %d missing, %d failed, "
                      "%.2f clips/s", done, len(rows), counts["extracted"], counts["skipped"],
                      counts["missing"], counts["failed"],

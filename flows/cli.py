@@ -1,0 +1,102 @@
+"""`reprolab`: one command for every pipeline (the `[project.scripts]` entry point).
+
+    reprolab run <pipeline> [<stage>] [--set key=value ...] [--profile FILE]
+    reprolab status
+    reprolab demo
+    reprolab report [...]
+
+`run` is `python -m flows.<pipeline> <stage>|pipeline` (flows.common.main; without a stage, the
+whole pipeline); `demo` is `python -m flows.demo`; `report` is `flows.report.main`. The help
+reads the pipeline declarations only: Prefect, DVC and MLflow are imported when a command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tasks.pipeline import PIPELINES, declaration, declarations, describe
+
+COMMANDS = {
+    "run": "run one stage of a pipeline as a Prefect flow, or the whole pipeline (the default) "
+           "through DVC, which reruns only what is stale",
+    "status": "per pipeline: stale and never-run stages (DVC), the champion and its headline "
+              "metric (MLflow registry), the last nightly run's verdict",
+    "demo": "every pipeline end to end on generated data (offline), then a table of results",
+    "report": "render the results site",
+}
+
+
+def overview() -> str:
+    """The pipelines, their stages and models: the epilog of `reprolab --help`."""
+    lines = ["pipelines (`reprolab run <pipeline> --help`: what each stage does and reads):"]
+    for pipeline in declarations():
+        steps = " -> ".join(stage.step for stage in pipeline.stages)
+        lines.append(f"  {pipeline.name:<9} {steps}")
+        lines.append(f"  {'':<9} model {pipeline.model_name}, headline {pipeline.headline}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
+    top = argparse.ArgumentParser(
+        prog="reprolab", formatter_class=raw, epilog=overview(),
+        description="ReproLab: Prefect flows over a DVC pipeline, tracked in MLflow.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser(
+        "run", help=COMMANDS["run"], formatter_class=raw,
+        usage="reprolab run <pipeline> [<stage>|pipeline] [--set KEY=VALUE ...] [--profile FILE]",
+        description=f"{COMMANDS['run']}. With --set in a DVC repo the run is a DVC experiment "
+                    "(dvc exp run -S). Same as `python -m flows.<pipeline> <stage>|pipeline`.",
+        epilog="\n\n".join(describe(pipeline) for pipeline in declarations()))
+    run.add_argument("pipeline", choices=list(PIPELINES))
+    run.add_argument("args", nargs=argparse.REMAINDER,
+                     help="[<stage>] [--set KEY=VALUE ...] [--profile FILE]")
+    sub.add_parser("status", help=COMMANDS["status"], description=COMMANDS["status"])
+    for name in ("demo", "report"):  # their own --help answers, from their module
+        sub.add_parser(name, help=COMMANDS[name], add_help=False)
+    return top
+
+
+def run(pipeline: str, argv: list[str]) -> int:
+    """`python -m flows.<pipeline>`'s CLI, with the whole pipeline as the default stage."""
+    from flows.common import main
+
+    module = importlib.import_module(f"flows.{pipeline}")
+    return main(declaration(pipeline), module.FLOWS, module.pipeline, argv,
+                prog=f"reprolab run {pipeline}", default_stage="pipeline")
+
+
+def status() -> int:
+    from flows.status import report
+
+    print(report())
+    return 0
+
+
+def demo(argv: list[str]) -> int:
+    from flows.demo import main
+
+    return main(argv, prog="reprolab demo")
+
+
+def report(argv: list[str]) -> int:
+    from flows.report import main  # imported only when asked for
+
+    return main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "run":
+        return run(args.pipeline, [*args.args, *rest])
+    if args.command in ("demo", "report"):
+        return demo(rest) if args.command == "demo" else report(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return status()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
