@@ -23,7 +23,7 @@ COMMANDS = {
     "status": "per pipeline: stale and never-run stages (DVC), the champion and its headline "
               "metric (MLflow registry), the last nightly run's verdict",
     "demo": "every pipeline end to end on generated data (offline), then a table of results",
-    "report": "render the results site",
+    "report": "build the results site (reports/site/index.html) from what the pipelines wrote",
 }
 
 
@@ -83,7 +83,7 @@ def demo(argv: list[str]) -> int:
 def report(argv: list[str]) -> int:
     from flows.report import main  # imported only when asked for
 
-    return main(argv)
+    return main(argv, prog="reprolab report")
 
 
 def main(argv: list[str] | None = None) -> int:

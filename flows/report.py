@@ -41,9 +41,9 @@ def refresh_site() -> list[str]:
     return dvc_repro([STAGE.name], single_item=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m flows.report") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m flows.report", description=STAGE.doc,
+        prog=prog, description=STAGE.doc,
         epilog="The pages read metrics/, plots/ and reports/ only; open "
                f"{SITE / 'index.html'} in any browser (no network needed).")
     parser.add_argument("action", nargs="?", choices=["build"],

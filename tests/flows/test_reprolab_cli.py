@@ -166,3 +166,15 @@ def test_status_shows_the_champion_its_metric_and_last_nights_verdict(tmp_path, 
     assert "last nightly: promoted v1: first model version" in out
     assert "last nightly: failed: kinetics: stage 'kinetics_train' failed" in out
     assert "last nightly: not run yet" in out  # quora was not in that night
+
+
+def test_report_builds_the_site_from_what_exists(tmp_path, monkeypatch, prefect_api, capsys):
+    """Outside a DVC repo `reprolab report` builds the site here, as a Prefect flow; a pipeline
+    with no results gets a page that says how to make them."""
+    assert _help(["report", "--help"], capsys).startswith("usage: reprolab report")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REPROLAB_PARAMS", str(ROOT / "params.yaml"))
+    assert main(["report"]) == 0
+    assert "reports/site/index.html" in capsys.readouterr().out
+    crypto = (tmp_path / "reports/site/crypto.html").read_text()
+    assert "Not run yet" in crypto and "reprolab run crypto" in crypto
