@@ -102,19 +102,22 @@ def section(title: str, body: str, anchor: str) -> str:
     return f'<section id="{anchor}"><h2>{text(title)}</h2>{body}</section>'
 
 
-def scalars(node: Any, prefix: str = "", limit: int = 60) -> list[tuple[str, str]]:
+DATA_ROWS = 80  # rows of one data report on the page; the rest is in the file
+
+
+def scalars(node: Any, prefix: str = "") -> list[tuple[str, str]]:
     """A nested JSON report as (dotted key, value) rows: what a data report says, generically
     (lists are summarised by their length and first items)."""
     rows: list[tuple[str, str]] = []
     if isinstance(node, Mapping):
         for key, value in node.items():
-            rows.extend(scalars(value, f"{prefix}{key}.", limit))
+            rows.extend(scalars(value, f"{prefix}{key}."))
     elif isinstance(node, list):
         shown = ", ".join(fmt(v) for v in node[:5] if not isinstance(v, Mapping | list))
         rows.append((prefix.rstrip("."), f"{len(node)} item(s)" + (f": {shown}" if shown else "")))
     else:
         rows.append((prefix.rstrip("."), fmt(node)))
-    return rows[:limit]
+    return rows
 
 
 def page(title: str, current: str, specs: list[Pipeline], body: str) -> str:
@@ -198,9 +201,11 @@ def data_section(root: Path, spec: Pipeline) -> str:
     for rel in spec.data_reports:
         path = root / rel
         if path.exists():
-            report = json.loads(path.read_text())
-            rows = [(text(k), text(v)) for k, v in scalars(report)]
-            parts.append(f"<h3>{text(rel)}</h3>" + table(("field", "value"), rows))
+            rows = scalars(json.loads(path.read_text()))
+            more = (f'<p class="mute">{len(rows) - DATA_ROWS} more fields in {text(rel)}</p>'
+                    if len(rows) > DATA_ROWS else "")
+            parts.append(f"<h3>{text(rel)}</h3>" + table(
+                ("field", "value"), [(text(k), text(v)) for k, v in rows[:DATA_ROWS]]) + more)
     if not parts:
         return ""
     return section("Data: rows in and kept, quarantine, gaps", "".join(parts), "data")

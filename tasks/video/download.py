@@ -411,6 +411,7 @@ def download_stage(params) -> dict:
         ledger = Ledger(paths.clips / "ledger.parquet")
         fetched = download_all(manifest, k.download, paths.clips, ledger, k.source,
                                params.common)
+        fetched["failures_by_reason"] = ledger.by_reason("download")
     summary = write_manifest(manifest, classes, rejects, paths.manifest)
     write_json({"manifest": summary, "download": fetched}, paths.manifest / "download.json")
     return {"manifest": summary, "download": fetched}

@@ -291,6 +291,8 @@ def index_stage(params) -> dict:
     report = {"clips": len(table), "classes": len(classes),
               "per_split": {str(k): int(v) for k, v in table["split"].value_counts().items()},
               "frames_total": int(table["n_frames"].sum()),
-              "missing": len(manifest) - len(table)}
+              "missing": len(manifest) - len(table),
+              "frame_failures_by_reason": Ledger(paths.frames / "ledger.parquet").by_reason(
+                  "frames")}
     write_json(report, paths.report)
     return report

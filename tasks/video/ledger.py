@@ -87,6 +87,18 @@ class Ledger:
             rec = self._rows.get((clip_id, stage))
             return rec["attempts"] if rec else 0
 
+    def by_reason(self, stage: str) -> dict[str, dict[str, int]]:
+        """{reason: {"clips": n, "permanent": m}} of the failures at `stage` (the data report)."""
+        _check_stage(stage)
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for (_, st), rec in sorted(self._rows.items()):
+                if st == stage:
+                    row = out.setdefault(rec["reason"], {"clips": 0, "permanent": 0})
+                    row["clips"] += 1
+                    row["permanent"] += int(rec["permanent"])
+        return out
+
     def save(self) -> Path:
         """Write the ledger atomically."""
         with self._lock:

@@ -125,6 +125,10 @@ def test_failures_land_in_the_ledger_and_a_rerun_fetches_nothing_new(
     assert "404" in frame.loc[_row("missing0001")["clip_id"], "reason"]
     assert all(frame["reason"].str.len() > 0)
     assert _leftovers(clips) == [] and len(list(clips.rglob("*.mp4"))) == 2
+    by_reason = ledger.by_reason("download")  # what the data report shows
+    assert sum(r["clips"] for r in by_reason.values()) == 3
+    assert sum(r["permanent"] for r in by_reason.values()) == 3
+    assert set(by_reason) == set(frame["reason"]) and ledger.by_reason("frames") == {}
 
     server.reset_requests()
     again = download_all(manifest, _settings(server), clips, Ledger(ledger.path), source="http")
