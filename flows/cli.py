@@ -63,8 +63,13 @@ def run(pipeline: str, argv: list[str]) -> int:
     from flows.common import main
 
     module = importlib.import_module(f"flows.{pipeline}")
-    return main(declaration(pipeline), module.FLOWS, module.pipeline, argv,
+    code = main(declaration(pipeline), module.FLOWS, module.pipeline, argv,
                 prog=f"reprolab run {pipeline}", default_stage="pipeline")
+    if code == 0:  # the site shows what just ran (when every pipeline it reads has results)
+        from flows.report import refresh_site
+
+        refresh_site()
+    return code
 
 
 def status() -> int:
