@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import yaml
 from prefect import flow, task
 
 from flows.common import dvc_repro, parse_overrides, settings
+from flows.stage_runs import child_runs, stages_markdown
 from tasks import champion, tracking
 from tasks.config import PIPELINE_NAMES, Params, save_overrides
 from tasks.errors import ReproLabError
@@ -161,14 +162,26 @@ def night_of(spec: Pipeline, params: Params) -> dict[str, Any]:
     return row
 
 
-def markdown(rows: list[dict[str, Any]], pushed: int | None) -> str:
+def markdown(rows: list[dict[str, Any]], pushed: int | None,
+             runs: Mapping[str, Any] | None = None) -> str:
+    """The night's table, then each pipeline's stages with their runs (`runs`: by name)."""
     lines = ["# Nightly retraining", "",
              "| pipeline | new data | stages rerun | metric | champion | challenger | promoted "
              "| why |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(markdown_row(row))
     lines += ["", f"DVC push: {'skipped' if pushed is None else f'{pushed} files'}"]
+    for row in rows:
+        spec = declaration(row["pipeline"])
+        lines += ["", stages_markdown(spec, stages_ran(row), runs or {}).rstrip("\n")]
     return "\n".join(lines) + "\n"
+
+
+def stages_ran(row: dict[str, Any]) -> list[str]:
+    """A pipeline's stages that ran tonight: the forced ingest, then what DVC found stale."""
+    if "data" not in row:
+        return []
+    return [declaration(row["pipeline"]).stages[0].name, *row.get("stages_run", [])]
 
 
 def markdown_row(row: dict[str, Any]) -> str:
@@ -190,7 +203,7 @@ def markdown_row(row: dict[str, Any]) -> str:
 def publish(rows: list[dict[str, Any]], pushed: int | None) -> str:
     from prefect.artifacts import create_markdown_artifact
 
-    text = markdown(rows, pushed)
+    text = markdown(rows, pushed, child_runs())
     write_text(text, REPORT_DIR / "summary.md")
     write_json({"pipelines": rows, "pushed": pushed}, REPORT_DIR / "summary.json")
     create_markdown_artifact(key="nightly-retrain", markdown=text,
