@@ -63,12 +63,15 @@ bench: venv
 	$(BIN)/python -m benchmarks.crypto_ingest
 
 # a Prefect server on 127.0.0.1 and a process worker, each in its own session (PID files,
-# logs in .prefect/run); `make stop` ends both, the worker first
+# logs in .prefect/run); `make stop` ends both, the worker first. The port is given as
+# settings, not `--port`: the UI finds its API through PREFECT_UI_API_URL, which otherwise
+# defaults to PREFECT_API_URL or PREFECT_SERVER_API_PORT (4200), whatever `--port` says.
 server: venv
 	@mkdir -p $(RUN_DIR)
 	@if [ -f $(RUN_DIR)/server.pid ] && kill -0 $$(cat $(RUN_DIR)/server.pid) 2>/dev/null; then \
 	  echo "server already running (PID $$(cat $(RUN_DIR)/server.pid))"; else \
-	  setsid $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) \
+	  PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT=$(PREFECT_PORT) \
+	  PREFECT_UI_API_URL=$(SERVER_URL) setsid $(BIN)/prefect server start \
 	    >$(RUN_DIR)/server.log 2>&1 & echo $$! >$(RUN_DIR)/server.pid; fi
 	@for i in $$(seq 60); do curl -sf $(SERVER_URL)/health >/dev/null && break; sleep 1; done; \
 	  curl -sf $(SERVER_URL)/health >/dev/null || { echo "server did not start: see $(RUN_DIR)/server.log"; exit 1; }

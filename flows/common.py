@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from flows.stage_runs import parent_of_stages, publish_stages, run_stage_flow
 from tasks.config import Params, load_params
 from tasks.errors import ReproLabError
 from tasks.logs import get_logger
@@ -53,11 +54,12 @@ def read_profile(path: Path) -> dict[str, Any]:
 
 def dvc_repro(targets: list[str], force: bool = False, single_item: bool = False) -> list[str]:
     """`dvc repro` the targets (DVC decides what is stale); returns the stages that ran.
-    `single_item`: only the targets themselves (`dvc repro -s`)."""
+    `single_item`: only the targets themselves (`dvc repro -s`). Inside a flow run, the
+    stages' flow runs are its subflow runs."""
     from dvc.repo import Repo
 
     log = get_logger()
-    with shared_prefect_api(), Repo(".") as repo:
+    with shared_prefect_api(), parent_of_stages(), Repo(".") as repo:
         stages = repo.reproduce(targets=targets, force=force, single_item=single_item)
     names = [getattr(s, "addressing", str(s)) for s in stages]
     log.info("dvc repro %s: %s", " ".join(targets), ", ".join(names) or "nothing to reproduce")
@@ -72,7 +74,7 @@ def dvc_exp_run(overrides: Mapping[str, Any], targets: list[str]) -> list[str]:
            *targets]
     log = get_logger()
     log.info("overrides run as a DVC experiment: %s", " ".join(cmd[2:]))
-    with shared_prefect_api():
+    with shared_prefect_api(), parent_of_stages():
         proc = subprocess.run(cmd, env={**os.environ})
     if proc.returncode != 0:
         raise ReproLabError(f"dvc exp run {' '.join(targets)} failed (exit {proc.returncode})")
@@ -128,19 +130,23 @@ def stage_flows(pipeline: Pipeline) -> dict[str, Any]:
 
 def pipeline_flow(pipeline: Pipeline, flows: dict[str, Any]) -> Any:
     """The whole pipeline as one flow. In a DVC repo DVC decides what is stale, and overrides
-    run as a DVC experiment; elsewhere every stage runs here as a subflow."""
+    run as a DVC experiment; elsewhere every stage runs here as a subflow. Either way the stage
+    runs are this run's subflow runs, listed in its artifact `<pipeline>-stages`."""
     from prefect import flow
 
     @flow(name=f"{pipeline.name}-pipeline")
     def run_pipeline(overrides: dict[str, Any] | None = None, use_dvc: bool = True) -> dict:
-        if use_dvc and in_dvc_repo():
-            target = [pipeline.last.name]
-            if overrides:
-                return {"experiment": dvc_exp_run(overrides, target)}
-            return {"stages_run": dvc_repro(target)}
-        for step_flow in flows.values():
-            step_flow(overrides=overrides)
-        return {"stages_run": [s.name for s in pipeline.stages]}
+        if not (use_dvc and in_dvc_repo()):
+            for step_flow in flows.values():
+                step_flow(overrides=overrides)
+            result = {"stages_run": [s.name for s in pipeline.stages]}
+        elif overrides:
+            result = {"experiment": dvc_exp_run(overrides, [pipeline.last.name])}
+        else:
+            result = {"stages_run": dvc_repro([pipeline.last.name])}
+        # an experiment's stages are known by their runs, linked under this one
+        publish_stages(pipeline, result.get("stages_run", []))
+        return result
 
     return run_pipeline
 
@@ -183,4 +189,4 @@ def _dispatch(pipeline: Pipeline, flows: dict[str, Any], whole: Any, step: str,
         elif overrides and in_dvc_repo():
             dvc_exp_run(overrides, [pipeline.stage(step).name])
         else:
-            flows[step](overrides=overrides)
+            run_stage_flow(flows[step], overrides)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from prefect import flow, task
 
 from flows.common import dvc_repro, parse_overrides, settings
 from flows.report import refresh_site
+from flows.stage_runs import child_runs, stages_markdown
 from tasks import champion, tracking
 from tasks.config import PIPELINE_NAMES, Params, save_overrides
 from tasks.errors import ReproLabError
@@ -162,14 +163,26 @@ def night_of(spec: Pipeline, params: Params) -> dict[str, Any]:
     return row
 
 
-def markdown(rows: list[dict[str, Any]], pushed: int | None) -> str:
+def markdown(rows: list[dict[str, Any]], pushed: int | None,
+             runs: Mapping[str, Any] | None = None) -> str:
+    """The night's table, then each pipeline's stages with their runs (`runs`: by name)."""
     lines = ["# Nightly retraining", "",
              "| pipeline | new data | stages rerun | metric | champion | challenger | promoted "
              "| why |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(markdown_row(row))
     lines += ["", f"DVC push: {'skipped' if pushed is None else f'{pushed} files'}"]
+    for row in rows:
+        spec = declaration(row["pipeline"])
+        lines += ["", stages_markdown(spec, stages_ran(row), runs or {}).rstrip("\n")]
     return "\n".join(lines) + "\n"
+
+
+def stages_ran(row: dict[str, Any]) -> list[str]:
+    """A pipeline's stages that ran tonight: the forced ingest, then what DVC found stale."""
+    if "data" not in row:
+        return []
+    return [declaration(row["pipeline"]).stages[0].name, *row.get("stages_run", [])]
 
 
 def markdown_row(row: dict[str, Any]) -> str:
@@ -195,7 +208,7 @@ def publish(rows: list[dict[str, Any]], pushed: int | None) -> str:
 
     from prefect.artifacts import create_markdown_artifact
 
-    text = markdown(rows, pushed)
+    text = markdown(rows, pushed, child_runs())
     night = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     record = {"night": night, "pipelines": rows, "pushed": pushed}
     write_text(text, REPORT_DIR / "summary.md")

@@ -24,24 +24,35 @@ BATCHES_PER_WORKER = 4
 
 
 @contextmanager
+def exported(name: str, value: str | None) -> Iterator[None]:
+    """Set an environment variable for child processes while inside (left as it is when value
+    is None), then restore what was there."""
+    previous = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+@contextmanager
 def shared_prefect_api() -> Iterator[None]:
     """Export this run's Prefect API URL, so child processes (DVC stages, Dask workers) report
     to the same server instead of each starting an ephemeral one."""
     from prefect.client.orchestration import get_client
 
-    previous = os.environ.get("PREFECT_API_URL")
+    url = None
     try:
         with get_client(sync_client=True) as client:
-            os.environ["PREFECT_API_URL"] = str(client.api_url).rstrip("/")
+            url = str(client.api_url).rstrip("/")
     except Exception:  # noqa: BLE001 - no API reachable: children start their own
         pass
-    try:
+    with exported("PREFECT_API_URL", url):
         yield
-    finally:
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
 
 
 def task_runner(common: CommonSettings | None, max_workers: int) -> TaskRunner:

@@ -68,16 +68,24 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+def server_env(port: int, **extra: str) -> dict[str, str]:
+    """The environment of a `prefect server start` on 127.0.0.1:port whose UI talks to that
+    same API (as `make server` sets it): the UI reads PREFECT_UI_API_URL, which otherwise
+    falls back to PREFECT_SERVER_API_PORT (4200) whatever `--port` says."""
+    url = f"http://127.0.0.1:{port}/api"
+    return {**os.environ, "PREFECT_API_URL": "", "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(port), "PREFECT_UI_API_URL": url, **extra}
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """A real `prefect server start` on 127.0.0.1 (free port); yields its API URL."""
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": ""}
+    env = server_env(port, PREFECT_HOME=str(home))
     log = open(home / "server.log", "w")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-         str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([str(VENV_BIN / "prefect"), "server", "start"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
     try:
         wait_for_http(f"{url}/health", 120, proc)
@@ -98,3 +106,14 @@ def prefect_api(prefect_server):
 
     with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
         yield prefect_server
+        send_prefect_logs()
+
+
+def send_prefect_logs() -> None:
+    """Send the logs and events this process's flow runs left queued, while their server is up:
+    left for exit, they meet a stopped server and retry for a minute."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)

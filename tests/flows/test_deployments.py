@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tasks.pipeline import declaration
 from tests.conftest import VENV_BIN
 from tests.flows.repo_copy import repo_env, run, small_repo
 
@@ -134,7 +135,14 @@ def test_nightly_promotes_a_champion_then_a_night_without_new_data_changes_nothi
     assert (repo / ".dvcstore").is_dir() and summary["pushed"] > 0
     artifacts = api(prefect_server, "/artifacts/filter",
                     {"artifacts": {"key": {"any_": ["nightly-retrain"]}}})
-    assert any(a["flow_run_id"] == first["id"] and "| crypto |" in a["data"] for a in artifacts)
+    [text] = [a["data"] for a in artifacts if a["flow_run_id"] == first["id"]]
+    assert "| crypto |" in text and "| crypto_train | ran | [" in text
+    # every crypto stage DVC ran is a subflow run of the night
+    flows = {f["id"]: f["name"] for f in api(prefect_server, "/flows/filter", {})}
+    stage_runs = api(prefect_server, "/flow_runs/filter",
+                     {"flow_runs": {"parent_flow_run_id": {"any_": [first["id"]]}}})
+    assert sorted(flows[r["flow_id"]] for r in stage_runs) == sorted(
+        s.name for s in declaration("crypto").stages)
 
     second, summary = night(repo, env, prefect_server, ["crypto"])
     assert second["state_type"] == "COMPLETED", second["state"]

@@ -265,3 +265,36 @@ def test_a_stage_run_with_set_is_a_dvc_experiment_and_leaves_the_lock_true(repo)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], path, env).stdout)
     experiments = [exp for commit in shown for exp in (commit.get("experiments") or [])]
     assert experiments, "no experiment recorded"
+
+
+def test_a_pipeline_run_shows_the_stages_dvc_ran_as_its_subflow_runs(repo, prefect_server):
+    path, env, _, _ = repo
+    params_file = path / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["crypto"]["evaluate"]["fee_bps"] = 7.0  # crypto_evaluate alone is stale
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    tag = f"test-{uuid.uuid4().hex}"
+    run(["python", "-m", "flows.crypto", "pipeline"], path, {**env, "REPROLAB_RUN_TAGS": tag})
+
+    [pipeline] = api_post(prefect_server, "/flow_runs/filter", {"flow_runs": {
+        "tags": {"all_": [tag]}, "parent_task_run_id": {"is_null_": True}}})
+    assert pipeline["state_type"] == "COMPLETED"
+    flows = {f["id"]: f["name"] for f in api_post(prefect_server, "/flows/filter", {})}
+    assert flows[pipeline["flow_id"]] == "crypto-pipeline"
+    [stage] = api_post(prefect_server, "/flow_runs/filter", {"flow_runs": {
+        "parent_flow_run_id": {"any_": [pipeline["id"]]}}})
+    assert flows[stage["flow_id"]] == "crypto_evaluate" and tag in stage["tags"]
+    tracker = httpx.get(f"{prefect_server}/task_runs/{stage['parent_task_run_id']}").json()
+    assert tracker["flow_run_id"] == pipeline["id"] and tracker["state_type"] == "COMPLETED"
+    [artifact] = api_post(prefect_server, "/artifacts/filter", {
+        "artifacts": {"key": {"any_": ["crypto-stages"]},
+                      "flow_run_id": {"any_": [pipeline["id"]]}}})
+    assert f"| crypto_evaluate | ran | [{stage['name']}](" in artifact["data"]
+    assert "| crypto_train | skipped |" in artifact["data"]
+    assert _stale(path, env) == set()
+
+
+def api_post(server: str, path: str, body: dict) -> list:
+    response = httpx.post(f"{server}{path}", json=body)
+    response.raise_for_status()
+    return response.json()
