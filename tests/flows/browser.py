@@ -9,11 +9,14 @@ from typing import Any
 
 import pytest
 
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+
 
 def chrome(width: int = 1280, height: int = 900) -> Any:
     """A headless Chromium that records console messages and network events."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    binary = next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
+    driver = shutil.which("chromedriver")
     if not binary or not driver:
         pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium "
                     "chromium-driver)")

@@ -3,7 +3,6 @@ that port, and the UI, opened in headless Chromium, talks to that API: its runs 
 flow run made here, with no "can't connect" banner (a UI looking for the API on the default
 port 4200 shows one)."""
 import os
-import shutil
 import subprocess
 import uuid
 
@@ -13,9 +12,9 @@ from prefect import flow
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tests.conftest import ROOT, VENV_BIN, free_port, send_prefect_logs
+from tests.flows.browser import chrome
 
 CONNECT_ERRORS = ("Can't connect to Server API", "Unable to connect to Prefect server")
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 
 
 def make(target: str, env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -59,25 +58,11 @@ def flow_run_name(server):
 @pytest.fixture(scope="module")
 def browser():
     """Headless Chromium driven by Selenium (skips naming what is missing)."""
-    pytest.importorskip("selenium", reason="the UI check needs selenium (the dev extra)")
-    chromium = next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
-    driver = shutil.which("chromedriver")
-    if chromium is None or driver is None:
-        pytest.skip("the UI check needs chromium and chromedriver on PATH "
-                    "(apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1000"):
-        options.add_argument(arg)
-    chrome = webdriver.Chrome(options=options, service=Service(driver))
+    driver = chrome(1400, 1000)
     try:
-        yield chrome
+        yield driver
     finally:
-        chrome.quit()
+        driver.quit()
 
 
 def page_text_once_loaded(chrome, url: str, expected: list[str], timeout: float = 60) -> str:
