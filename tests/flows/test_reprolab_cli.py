@@ -157,7 +157,7 @@ def test_status_shows_the_champion_its_metric_and_last_nights_verdict(tmp_path, 
                "promoted": True, "reason": "first model version: no champion yet"}
     rows = [{"pipeline": "crypto", "verdict": verdict},
             {"pipeline": "kinetics", "error": "kinetics: stage 'kinetics_train' failed"}]
-    (repo / "reports/nightly").mkdir(parents=True)
+    (repo / "reports/nightly").mkdir(parents=True, exist_ok=True)  # in git (README)
     (repo / "reports/nightly/summary.json").write_text(json.dumps({"pipelines": rows}))
     out = _status(capsys)
     assert "champion: crypto-next-move v1, test.accuracy 0.6100" in out
