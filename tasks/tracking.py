@@ -18,6 +18,10 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 _stage_inputs: list[str] = []
 
 SUMMARY_TAG = "summary_sha256"  # the digest of the summary file a run wrote (see tag_summary)
+# The MLflow UI files an experiment under "Machine learning" (model training) or "GenAI apps &
+# agents" by this tag; the value is the UI's CUSTOM_MODEL_DEVELOPMENT (mlflow 3.17's
+# server/js bundle: GENAI_DEVELOPMENT="genai_development", CUSTOM_MODEL_DEVELOPMENT=...).
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 _SECRET = re.compile(r"(api_?key|secret|password|token|passphrase|private)", re.IGNORECASE)
 
 
@@ -51,14 +55,19 @@ def configure(common: CommonSettings) -> str:
 
 
 def experiment_id(common: CommonSettings, pipeline: str) -> str:
+    """The pipeline's experiment, created as a model-training one (an existing experiment
+    without a kind is marked so too; one a user gave another kind keeps it)."""
     import mlflow
 
     name = f"{common.mlflow.experiment_prefix}-{pipeline}"
     found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return mlflow.create_experiment(name, artifact_location=artifact_location(
-        common.mlflow.artifact_dir, pipeline))
+    if found is None:
+        return mlflow.create_experiment(name, artifact_location=artifact_location(
+            common.mlflow.artifact_dir, pipeline), tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+    if EXPERIMENT_KIND_TAG not in found.tags:
+        mlflow.MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG,
+                                                 TRAINING_KIND)
+    return found.experiment_id
 
 
 def artifact_location(artifact_dir: str | None, pipeline: str) -> str | None:
@@ -89,7 +98,8 @@ def run(common: CommonSettings, pipeline: str, run_name: str, *,
     """Start (or resume, given `run_id`) an MLflow run in the pipeline's experiment.
 
     `enabled=False` (every rank but 0 of a torchrun job) yields None and logs nothing.
-    A new run is tagged with its provenance (git, lock, input hashes, versions: tasks.provenance).
+    A new run is tagged with its provenance (git, lock, input hashes, versions: tasks.provenance)
+    and, when common.mlflow.system_metrics is on, samples CPU, memory (and GPU) while it runs.
     """
     import mlflow
 
@@ -102,7 +112,8 @@ def run(common: CommonSettings, pipeline: str, run_name: str, *,
     else:
         run_tags = {"pipeline": pipeline, **provenance.tags(_stage_inputs), **(tags or {})}
         ctx = mlflow.start_run(experiment_id=experiment_id(common, pipeline), run_name=run_name,
-                               nested=nested, tags=run_tags)
+                               nested=nested, tags=run_tags,
+                               log_system_metrics=common.mlflow.system_metrics)
     with ctx as active:
         if params:
             log_params(params)
