@@ -111,13 +111,13 @@ def score(spec: Pipeline) -> champion.Score:
 def rescore_crypto(params: Params, model: str) -> Callable[[str], float]:
     """A registered crypto model version's test.accuracy on tonight's split."""
     def rescore_version(version: str) -> float:
-        import mlflow.pytorch
         import torch
 
         from tasks.crypto.paths import CryptoPaths
         from tasks.crypto.report import rescore
 
-        net = mlflow.pytorch.load_model(f"models:/{model}/{version}", map_location="cpu")
+        pyfunc = tracking.load_model(f"models:/{model}/{version}")
+        net = pyfunc.unwrap_python_model().network  # tasks.crypto.serving.NextMoveModel
         return rescore(net, params.crypto, CryptoPaths().splits, torch.device("cpu"))
     return rescore_version
 

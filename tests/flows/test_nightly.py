@@ -5,13 +5,12 @@ import subprocess
 from pathlib import Path
 
 import mlflow
-import mlflow.pytorch
 import pytest
 import torch
 import yaml
 
 from flows.nightly import consumed, data_change, markdown
-from tasks import champion
+from tasks import champion, tracking
 from tasks.champion import Score
 from tasks.config import load_params, save_overrides
 from tasks.crypto.candles import demo_candles
@@ -176,7 +175,7 @@ def test_a_night_with_new_candles_retrains_and_judges_on_the_new_test_data(
     metrics = json.loads((repo / "metrics/crypto.json").read_text())
     assert verdict["new"] == metrics["test"]["accuracy"]
     mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
-    v2 = mlflow.pytorch.load_model("models:/crypto-next-move/2")
+    v2 = tracking.load_model("models:/crypto-next-move/2").unwrap_python_model().network
     params = load_params(repo / "params.yaml")
     assert rescore(v2, params.crypto, repo / "data/crypto/splits", torch.device("cpu")) == (
         pytest.approx(metrics["test"]["accuracy"]))  # the rescoring reproduces evaluate's score
