@@ -158,15 +158,18 @@ def log_model(model_class: str, *, config: Mapping[str, Any],
 
     The first-party code the class imports is shipped with it (exactly its import closure) and
     its third-party imports are pinned as requirements, so it loads outside the checkout. MLflow
-    infers the signature from `input_example`, predicting on it, and checks that it serves.
+    infers the signature from `input_example`, predicting on it, and checks that it serves; a
+    model that cannot predict on its example is an error here, not a registered model.
     """
     import mlflow.pyfunc
+
+    from tasks.errors import ReproLabError
 
     module = model_class.partition(":")[0]
     saved = list(sys.path)  # MLflow loads the model to check it, putting its code/ first
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            return mlflow.pyfunc.log_model(
+            info = mlflow.pyfunc.log_model(
                 name=name, python_model=str(PYFUNC_ENTRY),
                 model_config={"model_class": model_class, **config},
                 artifacts={key: str(path) for key, path in artifacts.items()},
@@ -174,6 +177,10 @@ def log_model(model_class: str, *, config: Mapping[str, Any],
                 input_example=input_example, pip_requirements=requirements([module]))
         finally:
             sys.path[:] = saved
+    if info.signature is None:
+        raise ReproLabError(f"{model_class} failed to predict on its input example, so MLflow "
+                            "inferred no signature (its warning above says why)")
+    return info
 
 
 def requirements(modules: list[str]) -> list[str]:

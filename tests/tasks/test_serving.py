@@ -218,6 +218,23 @@ def test_model_artifacts_hold_no_exchange_secrets(crypto):
     assert file_leaks(local) == {}
 
 
+def test_a_model_that_cannot_predict_on_its_example_is_not_logged(crypto):
+    from tasks.crypto import serving
+    from tasks.errors import ReproLabError
+
+    tracking.configure(crypto["common"])
+    uri = f"models:/{crypto['name']}/{crypto['version']}"
+    config = dict(mlflow.models.Model.load(uri).flavors["python_function"]["config"])
+    config.pop("model_class")
+    local = Path(mlflow.artifacts.download_artifacts(uri))
+    files = {"weights": local / "artifacts" / "model.pt", "split": local / "artifacts" / "split.json"}
+    too_few = pyfunc(crypto).input_example.head(50)  # no candle has 300 bars of history
+    with tracking.run(crypto["common"], "crypto", "broken"):
+        with pytest.raises(ReproLabError, match="failed to predict on its input example"):
+            tracking.log_model(serving.MODEL_CLASS, config=config, artifacts=files,
+                               input_example=too_few)
+
+
 # ---------------------------------------------------------------- outside the checkout
 CHILD = r"""
 import importlib.util, inspect, json, sys

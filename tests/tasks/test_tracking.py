@@ -193,3 +193,12 @@ def test_system_metrics_are_sampled_into_a_run_only_when_switched_on(store, swit
     assert ({"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"}
             <= sampled) is switched_on
     assert bool(sampled) is switched_on
+
+
+def test_a_models_requirements_pin_the_installed_packages_its_shipped_code_imports():
+    pins = tracking.requirements(["tasks.crypto.serving"])
+    names = {p.split("==")[0].lower() for p in pins}
+    assert {"torch", "pandas", "numpy", "scikit-learn", "pydantic", "pyyaml"} <= names
+    assert f"torch=={importlib.metadata.version('torch').split('+')[0]}" in pins  # no +cpu
+    assert not names & {"mlflow", "tasks", "models", "json", "gensim"}  # MLflow pins itself;
+    # first-party, standard library and what crypto's code never imports are left out
