@@ -110,16 +110,28 @@ def score(spec: Pipeline) -> champion.Score:
                           max(metric_value(metrics, key) for key in spec.baselines))
 
 
+def registered_network(model_uri: str) -> Any:
+    """The torch network of a registered crypto model version: its pyfunc's
+    (tasks.crypto.serving.NextMoveModel), or the logged torch model itself for a version
+    registered before the models were pyfuncs (a champion from an older store)."""
+    import mlflow.models
+
+    if "pytorch" in mlflow.models.Model.load(model_uri).flavors:
+        import mlflow.pytorch
+
+        return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+    return tracking.load_model(model_uri).unwrap_python_model().network
+
+
 def rescore_crypto(params: Params, model: str) -> Callable[[str], float]:
     """A registered crypto model version's test.accuracy on tonight's split."""
     def rescore_version(version: str) -> float:
-        import mlflow.pytorch
         import torch
 
         from tasks.crypto.paths import CryptoPaths
         from tasks.crypto.report import rescore
 
-        net = mlflow.pytorch.load_model(f"models:/{model}/{version}", map_location="cpu")
+        net = registered_network(f"models:/{model}/{version}")
         return rescore(net, params.crypto, CryptoPaths().splits, torch.device("cpu"))
     return rescore_version
 

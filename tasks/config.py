@@ -50,6 +50,8 @@ class MlflowSettings(Section):
         "tracking server's default"))
     experiment_prefix: str = "reprolab"
     register_models: bool = True
+    system_metrics: bool = Field(False, description=(
+        "sample CPU, memory and GPU use into every new run (MLflow system metrics)"))
 
 
 class CommonSettings(Section):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import shutil
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -69,6 +71,11 @@ def _with_parents(name: str) -> list[str]:
 def module_closure(modules: Iterable[str], root: Path = ROOT) -> list[Path]:
     """The files of `modules` and of every first-party module they import, transitively
     (package __init__ files included: importing a.b.c runs a/__init__ and a/b/__init__)."""
+    return sorted(set(_closure(modules, root).values()))
+
+
+def _closure(modules: Iterable[str], root: Path) -> dict[str, Path]:
+    """{module name: file} of module_closure."""
     seen: dict[str, Path] = {}
     todo = [parent for name in modules for parent in _with_parents(name)]
     while todo:
@@ -81,7 +88,28 @@ def module_closure(modules: Iterable[str], root: Path = ROOT) -> list[Path]:
         seen[name] = path
         for imported in imported_names(path, name):
             todo.extend(p for p in _with_parents(imported) if p not in seen)
-    return sorted(set(seen.values()))
+    return seen
+
+
+def third_party_imports(modules: Iterable[str], root: Path = ROOT) -> set[str]:
+    """Top-level names of the other-party modules (not first-party, not the standard library)
+    that any import statement in the closure of `modules` names, function-level ones too."""
+    names = {imported.split(".")[0] for name, path in _closure(modules, root).items()
+             for imported in imported_names(path, name)}
+    return {n for n in names if n and n not in FIRST_PARTY and n not in sys.stdlib_module_names
+            and n != "__future__"}
+
+
+def copy_closure(modules: Iterable[str], dest: Path, root: Path = ROOT) -> list[Path]:
+    """Copy the closure of `modules` under `dest`, package layout kept; returns the top-level
+    package folders made (what a model ships as its code: exactly what it imports)."""
+    tops = set()
+    for path in module_closure(modules, root):
+        rel = path.relative_to(root)
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest / rel)
+        tops.add(rel.parts[0])
+    return [dest / top for top in sorted(tops)]
 
 
 def relative(paths: Iterable[Path], root: Path = ROOT) -> list[str]:

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import re
+import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tasks import provenance
+from tasks import fingerprint, provenance
 from tasks.config import CommonSettings
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -18,6 +21,11 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 _stage_inputs: list[str] = []
 
 SUMMARY_TAG = "summary_sha256"  # the digest of the summary file a run wrote (see tag_summary)
+# The MLflow UI files an experiment under "Machine learning" (model training) or "GenAI apps &
+# agents" by this tag; the value is the UI's CUSTOM_MODEL_DEVELOPMENT (mlflow 3.17's
+# server/js bundle: GENAI_DEVELOPMENT="genai_development", CUSTOM_MODEL_DEVELOPMENT=...).
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")  # what MLflow runs to load a model
 _SECRET = re.compile(r"(api_?key|secret|password|token|passphrase|private)", re.IGNORECASE)
 
 
@@ -51,14 +59,19 @@ def configure(common: CommonSettings) -> str:
 
 
 def experiment_id(common: CommonSettings, pipeline: str) -> str:
+    """The pipeline's experiment, created as a model-training one (an existing experiment
+    without a kind is marked so too; one a user gave another kind keeps it)."""
     import mlflow
 
     name = f"{common.mlflow.experiment_prefix}-{pipeline}"
     found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return mlflow.create_experiment(name, artifact_location=artifact_location(
-        common.mlflow.artifact_dir, pipeline))
+    if found is None:
+        return mlflow.create_experiment(name, artifact_location=artifact_location(
+            common.mlflow.artifact_dir, pipeline), tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+    if EXPERIMENT_KIND_TAG not in found.tags:
+        mlflow.MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG,
+                                                 TRAINING_KIND)
+    return found.experiment_id
 
 
 def artifact_location(artifact_dir: str | None, pipeline: str) -> str | None:
@@ -89,7 +102,8 @@ def run(common: CommonSettings, pipeline: str, run_name: str, *,
     """Start (or resume, given `run_id`) an MLflow run in the pipeline's experiment.
 
     `enabled=False` (every rank but 0 of a torchrun job) yields None and logs nothing.
-    A new run is tagged with its provenance (git, lock, input hashes, versions: tasks.provenance).
+    A new run is tagged with its provenance (git, lock, input hashes, versions: tasks.provenance)
+    and, when common.mlflow.system_metrics is on, samples CPU, memory (and GPU) while it runs.
     """
     import mlflow
 
@@ -102,7 +116,8 @@ def run(common: CommonSettings, pipeline: str, run_name: str, *,
     else:
         run_tags = {"pipeline": pipeline, **provenance.tags(_stage_inputs), **(tags or {})}
         ctx = mlflow.start_run(experiment_id=experiment_id(common, pipeline), run_name=run_name,
-                               nested=nested, tags=run_tags)
+                               nested=nested, tags=run_tags,
+                               log_system_metrics=common.mlflow.system_metrics)
     with ctx as active:
         if params:
             log_params(params)
@@ -135,17 +150,59 @@ def log_artifacts(*paths: str | os.PathLike, artifact_path: str | None = None) -
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
-def log_torch_model(model: Any, name: str, registered_name: str | None = None,
-                    input_example: Any = None) -> Any:
-    """Log a torch model (pickle format, pinned torch, no slow pip inference); optionally register."""
-    import mlflow.pytorch
-    import torch
+def log_model(model_class: str, *, config: Mapping[str, Any],
+              artifacts: Mapping[str, str | os.PathLike], input_example: Any,
+              name: str = "model") -> Any:
+    """Log a registrable pyfunc: `model_class` ("module:Class", a mlflow.pyfunc.PythonModel)
+    builds itself from `artifacts` (files copied into the model) and `config` (kept in MLmodel).
 
-    return mlflow.pytorch.log_model(
-        model, name=name, registered_model_name=registered_name, input_example=input_example,
-        serialization_format="pickle",
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-    )
+    The first-party code the class imports is shipped with it (exactly its import closure) and
+    its third-party imports are pinned as requirements, so it loads outside the checkout. MLflow
+    infers the signature from `input_example`, predicting on it, and checks that it serves; a
+    model that cannot predict on its example is an error here, not a registered model.
+    """
+    import mlflow.pyfunc
+
+    from tasks.errors import ReproLabError
+
+    module = model_class.partition(":")[0]
+    saved = list(sys.path)  # MLflow loads the model to check it, putting its code/ first
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            info = mlflow.pyfunc.log_model(
+                name=name, python_model=str(PYFUNC_ENTRY),
+                model_config={"model_class": model_class, **config},
+                artifacts={key: str(path) for key, path in artifacts.items()},
+                code_paths=[str(p) for p in fingerprint.copy_closure([module], Path(tmp))],
+                input_example=input_example, pip_requirements=requirements([module]))
+        finally:
+            sys.path[:] = saved
+    if info.signature is None:
+        raise ReproLabError(f"{model_class} failed to predict on its input example, so MLflow "
+                            "inferred no signature (its warning above says why)")
+    return info
+
+
+def requirements(modules: list[str]) -> list[str]:
+    """pip pins of the installed distributions behind the modules' third-party imports (a local
+    build tag such as torch's +cpu dropped; MLflow pins itself)."""
+    found = importlib.metadata.packages_distributions()
+    pins = {f"{dist}=={importlib.metadata.version(dist).split('+')[0]}"
+            for name in fingerprint.third_party_imports(modules) if name != "mlflow"
+            for dist in found.get(name, [])}
+    return sorted(pins, key=str.lower)
+
+
+def load_model(model_uri: str) -> Any:
+    """mlflow.pyfunc.load_model for a process that runs this project: the model's shipped code
+    is put first on sys.path only while it loads, so later imports still find the checkout's."""
+    import mlflow.pyfunc
+
+    saved = list(sys.path)
+    try:
+        return mlflow.pyfunc.load_model(model_uri)
+    finally:
+        sys.path[:] = saved
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -1,6 +1,8 @@
 """Causal features and forward labels. A feature at bar t reads bars <= t only."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -33,6 +35,15 @@ def compute_features(candles: pd.DataFrame, settings: CryptoFeatures) -> pd.Data
     out["range"] = (candles["high"] - candles["low"]) / close
     out["body"] = (candles["close"] - candles["open"]) / candles["open"]
     return pd.DataFrame(out).reset_index(drop=True)
+
+
+def history_bars(settings: CryptoFeatures, tolerance: float = 1e-9) -> int:
+    """Bars of history after which no feature at a bar depends on where the candles start
+    (up to `tolerance`): the longest lag or rolling window, and RSI's exponential averages,
+    which forget an earlier start at the rate 1 - 1/rsi_window per bar."""
+    forget = math.ceil(math.log(tolerance) / math.log(1 - 1 / settings.rsi_window))
+    return max(*settings.return_lags, *(w + 1 for w in settings.volatility_windows),
+               settings.volume_window, forget)
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:

@@ -47,7 +47,7 @@ PIPELINE = Pipeline(
                       "crypto.train", "crypto.leak_audit", "crypto.label", "crypto.split",
                       "crypto.features", "crypto.source", "crypto.exchange", "crypto.timeframe",
                       "crypto.model_symbol", "crypto.symbols"),
-              deps=(str(P.features), str(P.splits)), outs=(str(P.artifacts),)),
+              deps=(str(P.raw), str(P.features), str(P.splits)), outs=(str(P.artifacts),)),
         Stage("crypto_evaluate", "tasks.crypto.report:evaluate_stage",
               "metrics with intervals vs naive baselines, backtest, plots; registers the model",
               params=("common.seed", "common.mlflow", "crypto.evaluate"),

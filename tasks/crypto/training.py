@@ -21,7 +21,7 @@ from tasks.crypto.modeling import (
 from tasks.crypto.prepare import load_segments
 from tasks.crypto.split import windows
 from tasks.logs import get_logger
-from tasks.storage import read_parquet, write_json, write_parquet
+from tasks.storage import read_json, read_parquet, write_json, write_parquet
 
 
 def segment_data(inputs: np.ndarray, samples: pd.DataFrame, window: int) -> dict[str, tuple]:
@@ -55,10 +55,30 @@ def _walk_forward(inputs: np.ndarray, target: np.ndarray, split_dir: Path, folds
             "mean": float(np.mean(scores)) if scores else None}
 
 
+def log_pyfunc(settings: CryptoSettings, split_dir: Path, weights: Path,
+               partitions_file: Path) -> None:
+    """Log the network as the pipeline's pyfunc (tasks.crypto.serving): the feature settings,
+    the split stage's report (columns, train-only scaler) and the weights go with it; the
+    newest candles of the modelled partition are its input example."""
+    from tasks.crypto import serving, store
+    from tasks.crypto.featurize import model_partition
+
+    part = model_partition(read_json(partitions_file), settings.model_symbol, partitions_file)
+    config = {"features": settings.features.model_dump(mode="json"),
+              "model": settings.model.model_dump(mode="json"), "window": settings.split.window,
+              "horizon": settings.label.horizon, "symbol": part["symbol"],
+              "timeframe": part["timeframe"]}
+    tracking.log_model(serving.MODEL_CLASS, config=config,
+                       artifacts={"weights": weights, "split": split_dir / "split.json"},
+                       input_example=serving.input_example(store.load_candles(Path(part["path"]))))
+
+
 @task(name="crypto-train")
 def train_models(settings: CryptoSettings, common: CommonSettings, features_path: Path,
-                 split_dir: Path, out_dir: Path, device: torch.device) -> dict:
-    """Fit baselines and the network; write predictions, audits and the model; log to MLflow."""
+                 split_dir: Path, out_dir: Path, device: torch.device,
+                 partitions_file: Path) -> dict:
+    """Fit baselines and the network; write predictions, audits and the model; log to MLflow
+    (the network as a pyfunc that reads raw candles: `partitions_file` names them)."""
     log = get_logger()
     features = read_parquet(features_path)
     inputs, samples, split_report = load_segments(split_dir)
@@ -109,8 +129,8 @@ def train_models(settings: CryptoSettings, common: CommonSettings, features_path
         write_json(summary, out_dir / "train.json")
         tracking.tag_summary(out_dir / "train.json")  # evaluate finds this run by it
         tracking.log_metrics({"walk_forward_mean": walk["mean"], "best_epoch": result.best_epoch})
-        tracking.log_torch_model(result.model.cpu(), "model",  # registered by evaluate
-                                 input_example=data["test"][0][:2])
+        # the model evaluate registers: the network as a pyfunc reading raw candles
+        log_pyfunc(settings, split_dir, out_dir / "model.pt", partitions_file)
     return summary
 
 
@@ -122,4 +142,4 @@ def train_stage(params) -> dict:
     paths = CryptoPaths()
     paths.artifacts.mkdir(parents=True, exist_ok=True)
     return train_models(params.crypto, params.common, paths.features, paths.splits,
-                        paths.artifacts, resolve_device(params.common.device))
+                        paths.artifacts, resolve_device(params.common.device), paths.partitions)

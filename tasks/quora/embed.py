@@ -32,7 +32,7 @@ from tasks.quora.text import (
     token_ids,
     tokenize,
 )
-from tasks.storage import read_parquet, write_json, write_npy, write_parquet
+from tasks.storage import read_json, read_parquet, write_json, write_npy, write_parquet
 
 PAIR_COLUMNS = ("id", "question1", "question2", "is_duplicate", "split")
 SPLITS = ("train", "train_dev", "dev", "test")
@@ -69,8 +69,6 @@ def fit_tfidf(train_tokens: Sequence[Sequence[str]], min_df: int = 1,
     Counting is vectorised (one hashed lookup per token in C); the vocabulary and idf are the
     ones `TfidfVectorizer.fit` would give, and `.transform(token_lists)` works as usual.
     """
-    vectorizer = TfidfVectorizer(analyzer=_identity, lowercase=False, dtype=np.float32,
-                                 min_df=min_df, sublinear_tf=sublinear_tf)
     lengths, flat = flatten(train_tokens)
     codes, seen = pd.factorize(flat, sort=True)  # sorted like TfidfVectorizer's vocabulary
     counts = _count(codes, lengths, len(seen))
@@ -78,10 +76,32 @@ def fit_tfidf(train_tokens: Sequence[Sequence[str]], min_df: int = 1,
     if not len(kept):
         raise DataError(f"no token occurs in {min_df} or more training questions",
                         field="question1/question2")
-    vectorizer.vocabulary_ = {str(word): i for i, word in enumerate(seen[kept])}
-    idf = TfidfTransformer(smooth_idf=vectorizer.smooth_idf).fit(counts[:, kept]).idf_
-    vectorizer.idf_ = idf.astype(np.float32)
+    idf = TfidfTransformer(smooth_idf=True).fit(counts[:, kept]).idf_
+    return tfidf_vectorizer(seen[kept], idf, sublinear_tf=sublinear_tf, min_df=min_df)
+
+
+def tfidf_vectorizer(words: Sequence[str], idf: Sequence[float], sublinear_tf: bool = False,
+                     min_df: int = 1) -> TfidfVectorizer:
+    """The fitted float32 TfidfVectorizer of this vocabulary (in column order) and these idf
+    weights: how fit_tfidf makes one, and how read_tfidf reads a saved one back."""
+    vectorizer = TfidfVectorizer(analyzer=_identity, lowercase=False, dtype=np.float32,
+                                 min_df=min_df, sublinear_tf=sublinear_tf)
+    vectorizer.vocabulary_ = {str(word): i for i, word in enumerate(words)}
+    vectorizer.idf_ = np.asarray(idf, dtype=np.float32)
     return vectorizer
+
+
+def write_tfidf(vectorizer: TfidfVectorizer, dest: Path) -> Path:
+    """The fitted vocabulary and idf weights as JSON (float32 values round-trip exactly)."""
+    return write_json({"words": [str(w) for w in vectorizer.get_feature_names_out()],
+                       "idf": vectorizer.idf_.tolist(),
+                       "sublinear_tf": bool(vectorizer.sublinear_tf)}, dest)
+
+
+def read_tfidf(path: Path) -> TfidfVectorizer:
+    """The vectorizer write_tfidf saved."""
+    state = read_json(path)
+    return tfidf_vectorizer(state["words"], state["idf"], sublinear_tf=state["sublinear_tf"])
 
 
 def count_matrix(vectorizer: TfidfVectorizer,
@@ -108,6 +128,14 @@ def tfidf_matrix(vectorizer: TfidfVectorizer,
                  token_lists: Sequence[Sequence[str]]) -> sp.csr_matrix:
     """float32 (N, V) L2-normalised TF-IDF rows; words outside the vocabulary are dropped."""
     return tfidf_from_counts(vectorizer, count_matrix(vectorizer, token_lists))
+
+
+def question_weights(vectorizer: TfidfVectorizer,
+                     token_lists: Sequence[Sequence[str]]) -> dict[str, sp.csr_matrix]:
+    """Each question's word weights over the vocabulary, per weighting: `tfidf` (TF-IDF rows)
+    and `mean` (term counts: a plain mean)."""
+    counts = count_matrix(vectorizer, token_lists)
+    return {"tfidf": tfidf_from_counts(vectorizer, counts), "mean": counts}
 
 
 # ---------------------------------------------------------------- word vectors
@@ -291,8 +319,8 @@ def embed_questions(settings: QuoraSettings, split_dir: Path, out_dir: Path, see
 
     vectorizer = fit_tfidf(train_tokens)
     words = list(vectorizer.get_feature_names_out())
-    counts = count_matrix(vectorizer, tokens)
-    weights = {"tfidf": tfidf_from_counts(vectorizer, counts), "mean": counts}
+    weights = question_weights(vectorizer, tokens)
+    counts = weights["mean"]
     clock.lap("tfidf")
 
     kv = train_word_vectors(train_tokens, algorithm=cfg.algorithm, dim=cfg.dim,
@@ -309,6 +337,7 @@ def embed_questions(settings: QuoraSettings, split_dir: Path, out_dir: Path, see
     sets, coverage, token_coverage, dims, empty_rows = [], {}, {}, {}, {}
     for source, vectors in sources.items():
         emb, coverage[source] = embedding_matrix(words, vectors)
+        write_npy(emb, out_dir / f"word_vectors_{source}.npy")  # what a served model reads
         # Share of all question tokens (dev/test included) that end up with a vector.
         token_coverage[source] = float(word_counts[emb.any(axis=1)].sum() / n_tokens)
         dims[source] = int(emb.shape[1])
@@ -322,6 +351,9 @@ def embed_questions(settings: QuoraSettings, split_dir: Path, out_dir: Path, see
     for stale in out_dir.glob("vectors_*.npy"):  # e.g. a pretrained set from an earlier run
         if stale.stem.removeprefix("vectors_") not in sets:
             stale.unlink()
+    for stale in out_dir.glob("word_vectors_*.npy"):
+        if stale.stem.removeprefix("word_vectors_") not in sources:
+            stale.unlink()
 
     vocab = build_vocab(train_tokens, cfg.vocab_size, cfg.min_count)
     ids = token_ids(tokens, vocab, cfg.max_tokens)
@@ -329,6 +361,7 @@ def embed_questions(settings: QuoraSettings, split_dir: Path, out_dir: Path, see
     init[FIRST_WORD_ID:], init_coverage = embedding_matrix(vocab, kv)
     clock.lap("token_ids")
 
+    write_tfidf(vectorizer, out_dir / "tfidf.json")
     write_npy(pair_index, out_dir / "pair_index.npy")
     write_npy(ids, out_dir / "token_ids.npy")
     write_npy(init, out_dir / "embedding_init.npy")

@@ -12,16 +12,21 @@ import numpy as np
 import pandas as pd
 import torch
 from prefect import task
-from sklearn.linear_model import LogisticRegression
-from torch.utils.data import DataLoader, TensorDataset
 
-from models.siamese import build_pair_model, pair_loss, pair_scores
+from models.siamese import pair_loss
 from tasks import tracking
 from tasks.config import CommonSettings, QuoraSettings, flat_params
 from tasks.logs import get_logger
 from tasks.quora.baseline import FEATURES, logistic_probabilities
+from tasks.quora.modeling import (
+    build_model,
+    calibrate,
+    duplicate_scores,
+    pair_loader,
+    probabilities,
+)
 from tasks.storage import read_json, read_npy, read_parquet, write_json, write_parquet
-from tasks.train import FitConfig, fit, predict, seed_everything
+from tasks.train import FitConfig, fit, seed_everything
 
 
 def table_configs(settings: QuoraSettings, available: list[str]) -> list[dict]:
@@ -56,34 +61,11 @@ def _inputs(cfg: dict, embed_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return table[pair_index[:, 0]], table[pair_index[:, 1]]
 
 
-def _loader(a: np.ndarray, b: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool,
-            seed: int) -> DataLoader:
-    data = TensorDataset(torch.from_numpy(a), torch.from_numpy(b),
-                         torch.from_numpy(y.astype(np.float32)))
-    return DataLoader(data, batch_size=batch_size, shuffle=shuffle,
-                      drop_last=shuffle and len(y) % batch_size == 1,
-                      generator=torch.Generator().manual_seed(seed))
-
-
 def _build(cfg: dict, settings: QuoraSettings, a: np.ndarray, embed_dir: Path) -> torch.nn.Module:
-    m = settings.model
-    common = dict(hidden=m.hidden, dropout=m.dropout, activation=m.activation,
-                  erase_relu=m.erase_relu, residual_scale=m.residual_scale, rnn=m.rnn,
-                  rnn_hidden=m.rnn_hidden, conv_channels=m.conv_channels,
-                  kernel_size=m.kernel_size)
     if cfg["variant"] == "birnn_conv":
         init = torch.from_numpy(read_npy(embed_dir / "embedding_init.npy"))
-        return build_pair_model("birnn_conv", vocab_size=init.shape[0], emb_dim=init.shape[1],
-                                embeddings=init, **common)
-    return build_pair_model(cfg["variant"], in_dim=a.shape[1], **common)
-
-
-def _probabilities(variant: str, scores: np.ndarray, dev_mask: np.ndarray,
-                   y: np.ndarray) -> np.ndarray:
-    if variant != "siamese":
-        return 1.0 / (1.0 + np.exp(-scores))
-    calib = LogisticRegression().fit(scores[dev_mask, None], y[dev_mask])
-    return calib.predict_proba(scores[:, None])[:, 1]
+        return build_model("birnn_conv", settings.model, embeddings=init)
+    return build_model(cfg["variant"], settings.model, in_dim=a.shape[1])
 
 
 def train_config(cfg: dict, settings: QuoraSettings, pairs: pd.DataFrame, embed_dir: Path,
@@ -96,18 +78,41 @@ def train_config(cfg: dict, settings: QuoraSettings, pairs: pd.DataFrame, embed_
     train, dev = split == "train", split == "dev"
     seed_everything(seed)  # the initial weights follow the seed, whatever ran before
     model = _build(cfg, settings, a, embed_dir)
-    result = fit(model, _loader(a[train], b[train], y[train], size, True, seed),
-                 _loader(a[dev], b[dev], y[dev], size, False, seed),
+    result = fit(model, pair_loader(a[train], b[train], y[train], size, True, seed),
+                 pair_loader(a[dev], b[dev], y[dev], size, False, seed),
                  pair_loss(cfg["variant"], settings.model.margin),
                  FitConfig.from_settings(settings.train, seed), device,
                  on_epoch=lambda row: tracking.log_metrics(
                      {k: row[k] for k in ("train_loss", "val_loss", "lr", "seconds")},
                      step=row["epoch"]))
-    output = torch.from_numpy(predict(result.model, _loader(a, b, y, 1024, False, seed), device))
-    scores = pair_scores(cfg["variant"], output).numpy().astype(np.float64)
+    scores = duplicate_scores(result.model, cfg["variant"], a, b, device)
+    calibration = calibrate(cfg["variant"], scores, dev, y)
     summary = {"history": result.history, "best_epoch": result.best_epoch,
-               "stopped_early": result.stopped_early}
-    return _probabilities(cfg["variant"], scores, dev, y), summary, result.model
+               "stopped_early": result.stopped_early, "calibration": calibration}
+    return probabilities(cfg["variant"], scores, calibration), summary, result.model
+
+
+def log_pyfunc(settings: QuoraSettings, main: dict, pairs: pd.DataFrame, embed_dir: Path,
+               weights: Path) -> None:
+    """Log the configured model as the pipeline's pyfunc (tasks.quora.serving) with what it
+    reads from raw text: the embed stage's TF-IDF vocabulary and word vectors, or its token
+    vocabulary for birnn_conv; the first test pairs are its input example."""
+    from tasks.quora import serving
+
+    vectors = main["vectors"]
+    if vectors is None:
+        artifacts = {"vocab": embed_dir / "vocab.json"}
+    else:
+        source = vectors.rsplit("_", 1)[0]
+        artifacts = {"tfidf": embed_dir / "tfidf.json",
+                     "word_vectors": embed_dir / f"word_vectors_{source}.npy"}
+    config = {"variant": main["variant"], "vectors": vectors,
+              "calibration": main["calibration"], "max_tokens": settings.embed.max_tokens,
+              "embedding_dim": read_json(embed_dir / "embed.json")["dims"]["gensim"],
+              "model": settings.model.model_dump(mode="json")}
+    tracking.log_model(serving.MODEL_CLASS, config=config,
+                       artifacts={"weights": weights, **artifacts},
+                       input_example=serving.input_example(pairs))
 
 
 @task(name="quora-train")
@@ -135,9 +140,10 @@ def train_models(settings: QuoraSettings, common: CommonSettings, split_dir: Pat
                 log.info("%s: best epoch %d of %d", cfg["name"], fitted["best_epoch"],
                          len(fitted["history"]))
                 if cfg.get("main"):
-                    summary["main"], main_model = entry, model.cpu()
-                    torch.save(model.state_dict(), out_dir / "model.pt")
-        tracking.log_torch_model(main_model, "model")  # in the stage's run; evaluate registers
+                    summary["main"] = entry
+                    torch.save(model.cpu().state_dict(), out_dir / "model.pt")
+        # in the stage's run; evaluate registers it
+        log_pyfunc(settings, summary["main"], pairs, embed_dir, out_dir / "model.pt")
         vectors = read_json(embed_dir / "embed.json")["sets"][0]  # the TF-IDF-weighted set
         predictions["prob_logistic"] = logistic_probabilities(
             pairs, *_inputs({"vectors": vectors}, embed_dir), common.seed)

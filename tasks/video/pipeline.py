@@ -8,6 +8,8 @@ DATA = (str(P.split), str(P.manifest), str(P.frames))
 # what clips look like to a model (the split's train_dev_fraction is kinetics_split's alone)
 VIEWS = tuple(f"kinetics.dataset.{k}" for k in ("frames", "sampling", "crop", "flip",
                                                 "test_clips", "test_crops"))
+# how the served model (tasks.video.serving) extracts a clip's frames, as kinetics_frames does
+SERVED_FRAMES = tuple(f"kinetics.frames.{k}" for k in ("fps", "short_side", "jpeg_quality"))
 MODEL_PARAMS = ("common.seed", "common.device", "common.mlflow", "kinetics.train",
                 "kinetics.frames.storage", *VIEWS)
 
@@ -57,8 +59,9 @@ PIPELINE = Pipeline(
               deps=(str(P.index),), outs=(str(P.split),)),
         Stage("kinetics_train", "tasks.video.training:train_stage",
               "BesNet (random temporal dilation), and the fixed-dilation twin for the ablation",
-              params=(*MODEL_PARAMS, "kinetics.model", "kinetics.evaluate.ablation_dilation"),
-              deps=DATA,
+              params=(*MODEL_PARAMS, "kinetics.model", "kinetics.evaluate.ablation_dilation",
+                      *SERVED_FRAMES),
+              deps=(*DATA, str(P.clips)),  # the served model reads clips: one is its example
               outs=(str(P.artifacts / "besnet"), str(P.artifacts / "besnet_fixed"),
                     Out(str(P.checkpoints("kinetics_train")), persist=True, cache=False)),
               input_params=("kinetics.model.pretrained",)),

@@ -30,14 +30,10 @@ from tasks.evaluate import (
 from tasks.logs import get_logger
 from tasks.storage import read_json, write_json
 from tasks.train import predict
+from tasks.video.modeling import clip_loader, fresh_model
 from tasks.video.pipeline import PIPELINE
 from tasks.video.splits import ClipSplits, read_splits
-from tasks.video.training import (
-    MODEL_FILE,
-    SUMMARY_FILE,
-    clip_loader,
-    fresh_model,
-)
+from tasks.video.training import MODEL_FILE, SUMMARY_FILE
 
 MODELS = ("besnet", "besnet_fixed", "baseline")
 

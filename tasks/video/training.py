@@ -15,76 +15,21 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from models.besnet import BesNet
-from models.frame_baseline import FrameBaseline
 from models.layers import ViewAverage
 from tasks import distributed, tracking
 from tasks.config import CommonSettings, KineticsSettings, flat_params
-from tasks.errors import DataError
 from tasks.fingerprint import code_digest
 from tasks.logs import get_logger
-from tasks.storage import atomic_path, read_json, write_json
+from tasks.storage import atomic_path, read_json, read_parquet, write_json
 from tasks.train import FitConfig, fit, seed_everything
-from tasks.video.dataset import ClipDataset
+from tasks.video.modeling import clip_loader, fresh_model
 from tasks.video.splits import CLIPS_FILE, ClipSplits, read_splits
 
 MODEL_FILE, SUMMARY_FILE, SKIPPED_FILE = "model.pt", "train.json", "skipped.json"
 
 
-# ================================================================== models
-def build_besnet(settings: KineticsSettings, num_classes: int,
-                 dilation_mode: str | None = None) -> BesNet:
-    """BesNet (or I3D-R50) from kinetics.model; `dilation_mode` overrides it (the ablation)."""
-    m = settings.model
-    return BesNet(num_classes=num_classes, layers=tuple(m.layers), dilations=tuple(m.dilations),
-                  dilation_mode=dilation_mode or m.dilation_mode, fixed_dilation=m.fixed_dilation,
-                  temporal_padding=m.temporal_padding, erase_relu=m.erase_relu,
-                  activation=m.activation, dropout=m.dropout, residual_scale=m.residual_scale,
-                  width_multiplier=m.width_multiplier, variant=m.arch)
-
-
-def build_baseline(settings: KineticsSettings, num_classes: int) -> FrameBaseline:
-    """The per-frame 2D ResNet + temporal pooling + MLP baseline from kinetics.baseline."""
-    b = settings.baseline
-    return FrameBaseline(num_classes, depth=50, width_multiplier=b.width_multiplier,
-                         layers=tuple(b.layers), pool=b.pool, hidden=b.hidden,
-                         dropout=b.dropout, freeze_backbone=b.freeze_backbone)
-
-
-def load_imagenet(model: nn.Module, path: str) -> None:
-    """Load a torchvision ResNet-50 ImageNet state dict file: inflated into BesNet, as is into
-    the baseline's backbone (its fc is unused)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as exc:
-        raise DataError(f"cannot read the ImageNet checkpoint ({exc})", path=path) from None
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    try:
-        if isinstance(model, BesNet):
-            model.load_2d(state)
-        else:
-            model.backbone.load_state_dict(state)
-    except (RuntimeError, ValueError) as exc:
-        raise DataError(f"not a ResNet-50 of this width/depth ({str(exc)[:300]})",
-                        path=path) from None
-
-
-# ================================================================== data
-def clip_loader(frame: pd.DataFrame, settings: KineticsSettings, seed: int, train: bool,
-                root: Path = Path(".")) -> DataLoader:
-    """A DataLoader of (clip, label): one random view in training, every test view otherwise."""
-    dataset = ClipDataset(frame, root, settings.dataset, train=train, seed=seed,
-                          storage=settings.frames.storage)
-    t = settings.train
-    # BatchNorm cannot train on a batch of one: drop such a last training batch
-    drop_last = train and len(dataset) % t.batch_size == 1
-    return DataLoader(dataset, batch_size=t.batch_size if train else max(1, t.batch_size // 2),
-                      shuffle=train, drop_last=drop_last, num_workers=t.num_workers,
-                      generator=torch.Generator().manual_seed(seed))
-
-
+# ================================================================== identity
 def data_digest(path: Path) -> str:
     """SHA-256 of the clips file a model trains on (part of every checkpoint's identity)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -151,28 +96,28 @@ def save_model(model: nn.Module, dest: Path) -> Path:
     return dest
 
 
-def fresh_model(name: str, settings: KineticsSettings, num_classes: int,
-                imagenet: bool = True) -> nn.Module:
-    """The named model of the configured shape; ImageNet weights inflated when configured and
-    `imagenet` (not when trained weights are about to be loaded)."""
-    if name == "baseline":
-        model = build_baseline(settings, num_classes)
-        pretrained = imagenet and settings.baseline.pretrained
-    else:
-        model = build_besnet(settings, num_classes, "fixed" if name == "besnet_fixed" else None)
-        pretrained = imagenet and settings.model.pretrained
-    if pretrained:
-        load_imagenet(model, pretrained)
-    return model
+def log_pyfunc(settings: KineticsSettings, test: pd.DataFrame, classes_path: Path,
+               weights: Path, clips_dir: Path) -> None:
+    """Log BesNet as the pipeline's pyfunc (tasks.video.serving), with the class names and
+    the settings of its frame extraction and test views; the first test clip's source file
+    (kinetics_download's) is its input example."""
+    from tasks.video import serving
+
+    manifest = read_parquet(classes_path.with_name("manifest.parquet"))
+    row = manifest[manifest["clip_id"] == test["clip_id"].iloc[0]].iloc[0]
+    clip = (clips_dir / str(row["label_dir"]) / f"{row['clip_id']}.mp4").resolve()
+    tracking.log_model(serving.MODEL_CLASS, config={"settings": serving.serving_settings(settings)},
+                       artifacts={"weights": weights, "classes": classes_path},
+                       input_example=pd.DataFrame({"path": [str(clip)]}))
 
 
 # ================================================================== the stages
 def train_models(names: list[str], settings: KineticsSettings, common: CommonSettings,
                  split_dir: Path, classes_path: Path, out_dir: Path, checkpoints: Path,
-                 device: torch.device, stage: str) -> dict:
+                 device: torch.device, stage: str, clips_dir: Path) -> dict:
     """Train each named model ("besnet", "besnet_fixed", "baseline") on kinetics_split's clips;
     write out_dir/{name}/model.pt and train.json; one MLflow parent run for the stage, a nested
-    run per model."""
+    run per model (BesNet's logs it as a pyfunc reading clips from `clips_dir`'s kind)."""
     classes = read_json(classes_path)
     splits = read_splits(split_dir)
     sha, code_sha = data_digest(split_dir / CLIPS_FILE), training_code_digest()
@@ -198,7 +143,8 @@ def train_models(names: list[str], settings: KineticsSettings, common: CommonSet
                     write_json(entry, out_dir / name / SUMMARY_FILE)
                     tracking.tag_summary(out_dir / name / SUMMARY_FILE)  # for evaluate
                     if name == "besnet":  # the model evaluate registers
-                        tracking.log_torch_model(model.cpu(), "model")
+                        log_pyfunc(settings, splits.test, classes_path,
+                                   out_dir / name / MODEL_FILE, clips_dir)
                     drop_stale_checkpoints(ckpt)
                 summary["models"][name] = entry
     return summary
@@ -221,7 +167,7 @@ def _train_stage(names: list[str], stage: str, params) -> dict:
     try:
         return train_models(names, params.kinetics, params.common, paths.split,
                             paths.manifest / "classes.json", paths.artifacts,
-                            paths.checkpoints(stage), info.device, stage)
+                            paths.checkpoints(stage), info.device, stage, paths.clips)
     finally:
         cleanup()
 

@@ -5,12 +5,11 @@ import subprocess
 from pathlib import Path
 
 import mlflow
-import mlflow.pytorch
 import pytest
 import torch
 import yaml
 
-from flows.nightly import consumed, data_change, markdown
+from flows.nightly import consumed, data_change, markdown, registered_network
 from tasks import champion
 from tasks.champion import Score
 from tasks.config import load_params, save_overrides
@@ -99,6 +98,18 @@ def test_a_champion_scored_on_older_data_is_rescored_on_tonights(registry, value
         assert tags["test_data"] == "split:bbb" and float(tags["test_value"]) == 0.585
 
 
+def test_a_champion_logged_before_models_were_pyfuncs_is_still_rescored(tmp_path):
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    net = torch.nn.Linear(3, 1)
+    with mlflow.start_run():
+        mlflow.pytorch.log_model(net, name="model", registered_model_name="old-model",
+                                 serialization_format="pickle", pip_requirements=["torch"])
+    loaded = registered_network("models:/old-model/1")
+    assert torch.equal(loaded.weight, net.weight)
+
+
 def test_no_registered_version_is_no_verdict(tmp_path):
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     verdict = champion.judge(client, "never-trained", Score("m", 1.0, "d", 0.0), 0.0)
@@ -176,7 +187,7 @@ def test_a_night_with_new_candles_retrains_and_judges_on_the_new_test_data(
     metrics = json.loads((repo / "metrics/crypto.json").read_text())
     assert verdict["new"] == metrics["test"]["accuracy"]
     mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
-    v2 = mlflow.pytorch.load_model("models:/crypto-next-move/2")
+    v2 = registered_network("models:/crypto-next-move/2")  # the pyfunc's network
     params = load_params(repo / "params.yaml")
     assert rescore(v2, params.crypto, repo / "data/crypto/splits", torch.device("cpu")) == (
         pytest.approx(metrics["test"]["accuracy"]))  # the rescoring reproduces evaluate's score

@@ -3,6 +3,7 @@ import hashlib
 import importlib.metadata
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import mlflow
@@ -136,3 +137,68 @@ def test_a_later_stage_finds_the_run_that_wrote_a_summary_by_its_content(tmp_pat
     assert tracking.run_that_wrote(common, "crypto", summary) == runs[1]
     summary.write_text('{"loss": 3}\n')
     assert tracking.run_that_wrote(common, "crypto", summary) is None
+
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """One SQLite store for the tests below (a new one costs seconds of migrations); each
+    test keeps to its own experiments through its own prefix."""
+    return tmp_path_factory.mktemp("store")
+
+
+def _common(store: Path, prefix: str, **mlflow_settings) -> CommonSettings:
+    return CommonSettings.model_validate({"mlflow": {
+        "tracking_uri": f"sqlite:///{store}/mlflow.db", "artifact_dir": str(store / "art"),
+        "experiment_prefix": prefix, **mlflow_settings}})
+
+
+def test_experiments_are_model_training_ones_old_ones_marked_and_a_chosen_kind_kept(store):
+    common = _common(store, "kinds")
+    tracking.configure(common)
+    mlflow.create_experiment("kinds-quora")  # made before the project set a kind
+    mlflow.create_experiment("kinds-kinetics",
+                             tags={tracking.EXPERIMENT_KIND_TAG: "genai_development"})
+    for pipeline in ("crypto", "quora", "kinetics"):
+        with tracking.run(common, pipeline, "train"):
+            pass
+    kinds = {p: mlflow.get_experiment_by_name(f"kinds-{p}").tags.get(
+        tracking.EXPERIMENT_KIND_TAG) for p in ("crypto", "quora", "kinetics")}
+    assert kinds == {"crypto": "custom_model_development", "quora": "custom_model_development",
+                     "kinetics": "genai_development"}
+
+
+def test_the_training_kind_is_the_one_the_installed_mlflow_ui_files_as_machine_learning():
+    bundle = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+    scripts = list(bundle.glob("main.*.js"))
+    if not scripts:
+        pytest.skip("this mlflow has no UI bundle (mlflow-skinny)")
+    text = "".join(p.read_text(errors="replace") for p in scripts)
+    assert f'CUSTOM_MODEL_DEVELOPMENT="{tracking.TRAINING_KIND}"' in text
+
+
+@pytest.mark.parametrize("switched_on", [True, False])
+def test_system_metrics_are_sampled_into_a_run_only_when_switched_on(store, switched_on):
+    common = _common(store, f"metrics-{switched_on}", system_metrics=switched_on)
+    mlflow.set_system_metrics_sampling_interval(0.5)
+    mlflow.set_system_metrics_samples_before_logging(1)
+    try:
+        with tracking.run(common, "crypto", "train") as active:
+            time.sleep(2)
+    finally:
+        mlflow.set_system_metrics_sampling_interval(None)
+        mlflow.set_system_metrics_samples_before_logging(None)
+    metrics = mlflow.get_run(active.info.run_id).data.metrics
+    sampled = {k for k in metrics if k.startswith("system/")}
+    assert ({"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"}
+            <= sampled) is switched_on
+    assert bool(sampled) is switched_on
+
+
+def test_a_models_requirements_pin_the_installed_packages_its_shipped_code_imports():
+    pins = tracking.requirements(["tasks.crypto.serving"])
+    names = {p.split("==")[0].lower() for p in pins}
+    assert {"torch", "pandas", "numpy", "scikit-learn", "pydantic", "pyyaml"} <= names
+    assert f"torch=={importlib.metadata.version('torch').split('+')[0]}" in pins  # no +cpu
+    assert not names & {"mlflow", "tasks", "models", "json", "gensim"}  # MLflow pins itself;
+    # first-party, standard library and what crypto's code never imports are left out

@@ -42,7 +42,7 @@ def run(tmp_path_factory):
     split = build_splits.fn(crypto, paths.features, paths.splits)
     paths.artifacts.mkdir(parents=True)
     train = train_models.fn(crypto, common, paths.features, paths.splits, paths.artifacts,
-                            torch.device("cpu"))
+                            torch.device("cpu"), paths.ingest_report)
     metrics = evaluate_models.fn(crypto, common, paths.splits, paths.artifacts, paths.metrics,
                                  paths.plots, paths.curves)
     return {"ingest": ingest, "split": split, "train": train, "metrics": metrics,

@@ -19,15 +19,10 @@ from tasks.config import KineticsDataset, KineticsSettings
 from tasks.errors import DataError
 from tasks.fingerprint import code_digest, module_closure, relative
 from tasks.video.dataset import centre_box, three_crop_boxes
+from tasks.video.modeling import build_baseline, build_besnet
 from tasks.video.report import score
 from tasks.video.splits import read_splits, split_index, write_splits
-from tasks.video.training import (
-    build_baseline,
-    build_besnet,
-    checkpoint_identity,
-    checkpoint_path,
-    training_code_digest,
-)
+from tasks.video.training import checkpoint_identity, checkpoint_path, training_code_digest
 
 ROOT = Path(__file__).resolve().parents[3]
 
