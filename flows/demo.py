@@ -130,6 +130,8 @@ def main() -> int:
         "  -> http://127.0.0.1:5000\n"
         "  flows     PREFECT_HOME=.prefect .venv/bin/prefect server start"
         "  -> http://127.0.0.1:4200 (flow runs of this demo)\n"
+        "  models    mlflow.pyfunc.load_model('models:/quora-duplicates/latest')"
+        "  (README: Use a trained model)\n"
         "  rebuild   .venv/bin/dvc repro             (reruns only what is stale)")
     return 0
 
