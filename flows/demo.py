@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m flows.demo") -> i
         "  -> http://127.0.0.1:5000\n"
         "  flows     PREFECT_HOME=.prefect .venv/bin/prefect server start"
         "  -> http://127.0.0.1:4200 (flow runs of this demo)\n"
+        "  models    mlflow.pyfunc.load_model('models:/quora-duplicates/latest')"
+        "  (README: Use a trained model)\n"
         "  rebuild   .venv/bin/dvc repro             (reruns only what is stale)")
     return 0
 

@@ -5,9 +5,10 @@ That class's module and every project module it imports travel with the model, i
 folder beside this file, so the model loads where the project is not installed. It runs that
 code even where other copies of the project's packages are imported already (this checkout,
 or another model loaded earlier): those are set aside while the model's own modules are
-imported, then put back, so each model keeps the code it was logged with and neither breaks
-the other. (Imports inside functions resolve by name when they run, to the copy registered
-then; every module a model ships is loaded here, so such an import always finds one.)
+imported, and afterwards sys.modules is as it was, so each model keeps the code it was logged
+with (its classes and functions hold their own modules) and neither breaks the other nor
+leaks into the process. An import inside a function resolves when it runs: to the module the
+process has under that name then, else from sys.path (where MLflow put the model's code/).
 """
 import importlib
 import sys
@@ -16,15 +17,6 @@ from pathlib import Path
 import mlflow
 
 CODE = Path(__file__).resolve().with_name("code")
-
-
-def shipped_modules() -> list[str]:
-    """Dotted names of every module under code/ (packages first, then their modules)."""
-    names = []
-    for path in sorted(CODE.rglob("*.py")):
-        parts = path.relative_to(CODE).with_suffix("").parts
-        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
-    return sorted(names, key=lambda n: (n.count("."), n))
 
 
 def import_shipped(module: str) -> object:
@@ -40,12 +32,15 @@ def import_shipped(module: str) -> object:
     for name in theirs:
         del sys.modules[name]
     sys.path.insert(0, str(CODE))
+    bytecode = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True  # a model in a local store is loaded in place: keep it clean
     try:
-        for name in shipped_modules():
-            importlib.import_module(name)
         return importlib.import_module(module)
     finally:
+        sys.dont_write_bytecode = bytecode
         sys.path.remove(str(CODE))
+        for name in [name for name in sys.modules if ours(name)]:
+            del sys.modules[name]  # the model keeps its modules through its own references
         sys.modules.update(theirs)
 
 
