@@ -388,7 +388,6 @@ def build_site(root: Path, dest: Path) -> list[Path]:
     never sees half a site)."""
     specs = declarations()
     with atomic_dir(dest) as tmp:
-        tmp.chmod(0o755)  # a temp dir is private; the site is for reading
         (tmp / "index.html").write_text(index_page(root, specs), encoding="utf-8")
         for spec in specs:
             (tmp / f"{spec.name}.html").write_text(pipeline_page(root, spec, specs),
