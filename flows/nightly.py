@@ -31,7 +31,7 @@ from tasks.config import PIPELINE_NAMES, Params, save_overrides
 from tasks.errors import ReproLabError
 from tasks.evaluate import metric_value
 from tasks.logs import get_logger
-from tasks.pipeline import Pipeline, declaration
+from tasks.pipeline import Pipeline, declaration, declarations
 from tasks.storage import read_json, write_json, write_text
 
 PARAMS_FILE = "params.yaml"
@@ -51,10 +51,10 @@ def lock_outs(stage: str, lock: Path = Path("dvc.lock")) -> dict[str, dict]:
             for out in stages.get(stage, {}).get("outs", [])}
 
 
-def consumed(outs: dict[str, dict], pipeline_file: Path = Path("dvc.yaml")) -> dict[str, dict]:
-    """The outputs some stage reads (an ingest report with a timestamp is not new data)."""
-    stages = (yaml.safe_load(pipeline_file.read_text()) or {}).get("stages", {})
-    deps = {str(dep) for stage in stages.values() for dep in stage.get("deps", [])}
+def consumed(outs: dict[str, dict]) -> dict[str, dict]:
+    """The outputs some pipeline stage reads: data a model learns from. An ingest report with
+    per-run counts is not new data, even though the report site shows it."""
+    deps = {dep for spec in declarations() for stage in spec.stages for dep in stage.deps}
     return {path: out for path, out in outs.items() if path in deps}
 
 
