@@ -112,3 +112,17 @@ def test_baselines_score_windows_chunk_by_chunk_as_all_at_once(monkeypatch):
     monkeypatch.setattr(modeling, "LOGISTIC_CHUNK", 37)
     np.testing.assert_allclose(on_flat_windows(model.predict_proba, x), whole, rtol=1e-12)
     np.testing.assert_array_equal(on_flat_windows(model.predict, x), model.predict(x.flat()))
+
+
+def test_lazy_windows_shard_across_ranks_as_materialised_ones():
+    from tasks.distributed import shard_train_loader
+
+    series, ends = _series(200, 3), np.arange(10, 200)
+    y = np.arange(len(ends), dtype=float)
+    for rank in (0, 1):
+        lazy = shard_train_loader(window_loader(Windows.of(series, ends, 8), y, 16, True, 3),
+                                  rank, 2, seed=5)
+        eager = shard_train_loader(tensor_loader(_eager(series, ends, 8), y, 16, True, 3),
+                                   rank, 2, seed=5)
+        for (x_l, y_l), (x_e, y_e) in zip(lazy, eager, strict=True):
+            assert torch.equal(x_l, x_e) and torch.equal(y_l, y_e)
