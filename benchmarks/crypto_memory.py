@@ -10,8 +10,12 @@ starts with the split stage's outputs loaded, as the train stage does. "eager" i
 for the predictions); "lazy" is the pipeline's (tasks.crypto.split.Windows). Eager at 5M bars
 would need most of this machine: it is extrapolated from 1M, not run.
 
+--stages runs the pipeline's own stages instead (ingest, features, split, train: baselines,
+network, walk-forward, leak audit, price regressor, the MLflow model), as they are now, with a
+small network for one epoch, and prints each stage's peak RSS: minutes at 5M bars.
+
     python -m benchmarks.crypto_memory [--sizes 1000000,5000000] [--eager-sizes 1000000]
-        [--batch-size 1024]
+        [--batch-size 1024] [--stages]
 """
 from __future__ import annotations
 
@@ -117,6 +121,69 @@ def child(mode: str, bars: int, batch_size: int) -> dict:
             "seconds": time.perf_counter() - started}
 
 
+def stage_calls(params) -> dict:
+    """What each crypto stage up to train runs (its Prefect tasks' functions, no server)."""
+    from tasks.crypto.featurize import build_features
+    from tasks.crypto.ingest import ingest_candles
+    from tasks.crypto.paths import CryptoPaths
+    from tasks.crypto.prepare import build_splits
+    from tasks.crypto.training import train_models
+    from tasks.storage import write_json
+
+    paths, crypto, common = CryptoPaths(), params.crypto, params.common
+
+    def ingest() -> None:
+        report = ingest_candles.fn(crypto, paths.raw, common.seed)
+        write_json({"partitions": report["partitions"]}, paths.partitions)
+
+    def train() -> None:
+        paths.artifacts.mkdir(parents=True, exist_ok=True)
+        train_models.fn(crypto, common, paths.features, paths.splits, paths.artifacts,
+                        torch.device("cpu"), paths.partitions)
+
+    return {"crypto_ingest": ingest,
+            "crypto_features": lambda: build_features.fn(crypto, paths.partitions,
+                                                         paths.features),
+            "crypto_split": lambda: build_splits.fn(crypto, paths.features, paths.splits),
+            "crypto_train": train}
+
+
+def stages_child(bars: int, batch_size: int) -> dict:
+    """The crypto stages up to train, in a temporary project folder; each stage's peak RSS."""
+    import logging
+    import os
+
+    from tasks.config import load_params
+
+    logging.disable(logging.INFO)
+    root = Path(__file__).resolve().parents[1]
+    peaks, seconds = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        params = load_params(root / "params.yaml", overrides={
+            "crypto.timeframe": "1m", "crypto.demo.n_bars": bars, "crypto.train.epochs": 1,
+            "crypto.demo.start": "2016-01-01T00:00:00Z",  # 5M minutes end before now
+            "crypto.train.batch_size": batch_size, "common.device": "cpu",
+            "common.mlflow.tracking_uri": f"sqlite:///{tmp}/mlflow.db",
+            "common.mlflow.artifact_dir": f"{tmp}/mlartifacts",
+            **{f"crypto.model.{k}": v for k, v in MODEL.items()}})
+        os.chdir(tmp)
+        for name, call in stage_calls(params).items():
+            reset_peak_rss()
+            started = time.perf_counter()
+            call()
+            peaks[name], seconds[name] = peak_rss_mib(), time.perf_counter() - started
+        os.chdir(root)
+    return {"bars": bars, "peak_mib": peaks, "seconds": seconds}
+
+
+def report_stages(run: dict, total_gib: float) -> None:
+    print(f"\nthe crypto stages at {run['bars']:,} one-minute bars (small network, one epoch); "
+          f"machine memory {total_gib:.1f} GiB")
+    for name, peak in run["peak_mib"].items():
+        print(f"{name:>16}: peak RSS {peak:>7,.0f} MiB ({peak / 1024 / total_gib:5.1%} of the "
+              f"machine), {run['seconds'][name]:5.0f} s")
+
+
 def reset_peak_rss() -> None:
     """Start this process's VmHWM over from its current RSS (Linux: clear_refs 5)."""
     Path("/proc/self/clear_refs").write_text("5")
@@ -125,6 +192,7 @@ def reset_peak_rss() -> None:
 def measure(mode: str, bars: int, batch_size: int) -> dict:
     out = subprocess.run([sys.executable, "-m", "benchmarks.crypto_memory", "--child", mode,
                           "--sizes", str(bars), "--batch-size", str(batch_size)],
+                         cwd=Path(__file__).resolve().parents[1],
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{mode} run at {bars} bars failed:\n{out.stderr[-3000:]}")
@@ -186,11 +254,20 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000000,5000000")
     parser.add_argument("--eager-sizes", default="1000000")
     parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--child", choices=("eager", "lazy"), help=argparse.SUPPRESS)
+    parser.add_argument("--stages", action="store_true",
+                        help="the pipeline's stages (lazy only) instead of the training path")
+    parser.add_argument("--child", choices=("eager", "lazy", "stages"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.child == "stages":
+        print(json.dumps(stages_child(sizes[0], args.batch_size)))
+        return
     if args.child:
         print(json.dumps(child(args.child, sizes[0], args.batch_size)))
+        return
+    if args.stages:
+        for bars in sizes:
+            report_stages(measure("stages", bars, args.batch_size), machine_gib())
         return
     runs = []
     for bars in sizes:
