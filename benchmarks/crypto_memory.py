@@ -274,8 +274,10 @@ def main() -> None:
         modes = ["eager", "lazy"] if str(bars) in args.eager_sizes.split(",") else ["lazy"]
         for mode in modes:
             runs.append(measure(mode, bars, args.batch_size))
-            print(f"  {mode} at {bars:,} bars: data stages {runs[-1]['data_peak_mib']:,.0f} MiB, "
-                  f"training path {runs[-1]['peak_mib']:,.0f} MiB", flush=True)
+            r = runs[-1]
+            print(f"  {mode} at {bars:,} bars: {r['train_windows']:,} training windows, "
+                  f"{r['scored']:,} scored; peak RSS data stages {r['data_peak_mib']:,.0f} MiB, "
+                  f"training path {r['peak_mib']:,.0f} MiB", flush=True)
     report(runs, machine_gib())
 
 
