@@ -277,7 +277,7 @@ def main() -> None:
             r = runs[-1]
             print(f"  {mode} at {bars:,} bars: {r['train_windows']:,} training windows, "
                   f"{r['scored']:,} scored; peak RSS data stages {r['data_peak_mib']:,.0f} MiB, "
-                  f"training path {r['peak_mib']:,.0f} MiB", flush=True)
+                  f"training path {r['peak_mib']:,.0f} MiB ({r['seconds']:.0f} s)", flush=True)
     report(runs, machine_gib())
 
 
