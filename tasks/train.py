@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from tasks import distributed
 from tasks.diagnostics import GradientDiagnostics
@@ -77,10 +77,17 @@ def tensor_loader(X: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, 
     if len(X) != len(y):
         raise DataError(f"X has {len(X)} rows but y has {len(y)}")
     dataset = TensorDataset(_as_tensor(X, x_dtype), _as_tensor(y, y_dtype))
+    return dataset_loader(dataset, batch_size, shuffle, seed)
+
+
+def dataset_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int,
+                   collate_fn: Callable | None = None) -> DataLoader:
+    """A DataLoader over `dataset` with its own seeded shuffle order (the order depends on the
+    seed and the dataset's length only, so two datasets of equal length batch alike)."""
     # BatchNorm cannot train on a batch of one sample: drop such a last training batch
-    drop_last = shuffle and len(X) % batch_size == 1
+    drop_last = shuffle and len(dataset) % batch_size == 1
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(seed), collate_fn=collate_fn)
 
 
 # ---------------------------------------------------------------- config and result

@@ -16,10 +16,10 @@ from tasks.crypto.features import add_labels, feature_columns
 from tasks.crypto.modeling import predict_proba, train_classifier
 from tasks.crypto.split import (
     Scaler,
+    Windows,
     check_no_leak,
     chronological_split,
     usable_positions,
-    windows,
 )
 from tasks.errors import LeakError
 from tasks.logs import get_logger
@@ -28,7 +28,7 @@ from tasks.logs import get_logger
 def _fit_and_score(settings: CryptoSettings, matrix: np.ndarray, target: np.ndarray,
                    segments: dict[str, np.ndarray], seed: int, device: torch.device) -> dict:
     window = settings.split.window
-    data = {k: (windows(matrix, v, window), target[v]) for k, v in segments.items()}
+    data = {k: (Windows.of(matrix, v, window), target[v]) for k, v in segments.items()}
     model_cfg = settings.model.model_copy(update={"kind": settings.leak_audit.model})
     # the audit's own fits stay out of the run's gradient diagnostics
     train_cfg = settings.train.model_copy(update={"diagnostics_every": None})

@@ -17,7 +17,7 @@ from tasks.config import CryptoFeatures, CryptoModel
 from tasks.crypto.candles import COLUMNS
 from tasks.crypto.features import compute_features, history_bars
 from tasks.crypto.modeling import build_model, predict_proba
-from tasks.crypto.split import Scaler, usable_positions, windows
+from tasks.crypto.split import Scaler, Windows, usable_positions
 from tasks.errors import DataError
 from tasks.storage import read_json
 
@@ -42,8 +42,8 @@ def as_candles(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def model_inputs(candles: pd.DataFrame, features: CryptoFeatures, columns: list[str],
-                 scaler: Scaler, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, (n, window, features) inputs) of every candle whose input window has the
+                 scaler: Scaler, window: int) -> tuple[np.ndarray, Windows]:
+    """(positions, their (n, window, features) inputs) of every candle whose input window has the
     full history behind it (features.history_bars: then its features are the ones the pipeline
     computed on the whole series), made as the features and split stages make them: features,
     then the train-only scaler."""
@@ -56,7 +56,7 @@ def model_inputs(candles: pd.DataFrame, features: CryptoFeatures, columns: list[
         raise DataError(f"{len(candles)} candles are too few: P(up) needs {first + 1} or more "
                         f"(features from {first + 1 - window} bars of history, then a window of "
                         f"{window})", field="timestamp")
-    return positions, windows(inputs, positions, window)
+    return positions, Windows.of(inputs, positions, window)
 
 
 class NextMoveModel(mlflow.pyfunc.PythonModel):

@@ -6,6 +6,7 @@ feeds one segment's inputs or labels feeds another's.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,10 +166,46 @@ def check_no_leak(segments: dict[str, np.ndarray], window: int, horizon: int,
     return {"checked": names, "window": window, "horizon": horizon, "ok": True}
 
 
-def windows(matrix: np.ndarray, positions: np.ndarray, window: int) -> np.ndarray:
-    """(n, window, features) inputs ending at each position (a view where possible)."""
-    view = np.lib.stride_tricks.sliding_window_view(matrix, window, axis=0)  # (T-w+1, F, w)
-    return np.ascontiguousarray(view[positions - window + 1].transpose(0, 2, 1))
+@dataclass(frozen=True)
+class Windows:
+    """The (n, window, features) model inputs ending at `ends`, sliced from `series` on access:
+    sample i reads rows ends[i]-window+1 .. ends[i]. Memory stays the series' (held once),
+    however many windows overlap on it."""
+
+    series: np.ndarray  # (bars, features) float32, C-contiguous
+    ends: np.ndarray  # (n,) row of each sample's last bar
+    window: int
+
+    @classmethod
+    def of(cls, matrix: np.ndarray, ends: np.ndarray, window: int) -> Windows:
+        """Windows over `matrix` (as float32, copied only if it is not already so)."""
+        series = np.ascontiguousarray(matrix, dtype=np.float32)
+        ends = np.asarray(ends, dtype=np.int64)
+        if len(ends) and (ends.min() < window - 1 or ends.max() >= len(series)):
+            raise DataError(f"window ends must lie in [{window - 1}, {len(series) - 1}] for "
+                            f"windows of {window} bars, got {ends.min()}..{ends.max()}")
+        return cls(series, ends, window)
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    @property
+    def n_features(self) -> int:
+        return self.series.shape[1]
+
+    def take(self, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """The windows of samples `rows` as one (k, window, features) array (a copy)."""
+        ends = self.ends[rows]
+        return self.series[ends[:, None] + np.arange(1 - self.window, 1)]
+
+    def flat(self, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """The windows of samples `rows` flattened to (k, window * features)."""
+        out = self.take(rows)
+        return out.reshape(len(out), -1)
+
+    def chunks(self, size: int) -> Iterator[slice]:
+        """Consecutive sample slices of at most `size` samples, in order."""
+        return (slice(i, i + size) for i in range(0, len(self), size))
 
 
 def split_table(frame: pd.DataFrame, segments: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -13,22 +13,24 @@ from tasks.config import CommonSettings, CryptoSettings, flat_params
 from tasks.crypto.audit import leak_audit
 from tasks.crypto.modeling import (
     logistic_baseline,
+    on_flat_windows,
     persistence_direction,
     predict_proba,
     price_regression_illusion,
     train_classifier,
 )
 from tasks.crypto.prepare import load_segments
-from tasks.crypto.split import windows
+from tasks.crypto.split import Windows, usable_positions
 from tasks.logs import get_logger
 from tasks.storage import read_json, read_parquet, write_json, write_parquet
 
 
 def segment_data(inputs: np.ndarray, samples: pd.DataFrame, window: int) -> dict[str, tuple]:
+    """Per segment: (its windows, sliced from `inputs` on access; targets; positions)."""
     data = {}
     for name, part in samples.groupby("segment", sort=False):
         pos = part["position"].to_numpy()
-        data[name] = (windows(inputs, pos, window), part["target"].to_numpy(), pos)
+        data[name] = (Windows.of(inputs, pos, window), part["target"].to_numpy(), pos)
     return data
 
 
@@ -36,7 +38,7 @@ def _backtest_rows(inputs: np.ndarray, features: pd.DataFrame, test_pos: np.ndar
                    window: int) -> np.ndarray:
     """Every bar of the test period whose input window is complete, labelled or not."""
     pos = np.arange(test_pos.min(), test_pos.max() + 1)
-    finite = np.isfinite(windows(inputs, pos, window)).all(axis=(1, 2))
+    finite = np.isin(pos, usable_positions(inputs, np.zeros(len(inputs)), window))
     ok = finite & features["close"].shift(-1).notna().to_numpy()[pos]
     return pos[ok]
 
@@ -48,8 +50,8 @@ def _walk_forward(inputs: np.ndarray, target: np.ndarray, split_dir: Path, folds
     scores = []
     for i in range(folds):
         train, val = (read_npy(split_dir / f"fold{i}_{k}.npy") for k in ("train", "val"))
-        model = logistic_baseline(windows(inputs, train, window), target[train], seed)
-        pred = model.predict(windows(inputs, val, window).reshape(len(val), -1))
+        model = logistic_baseline(Windows.of(inputs, train, window), target[train], seed)
+        pred = on_flat_windows(model.predict, Windows.of(inputs, val, window))
         scores.append(float(np.mean(pred == target[val])))
     return {"folds": folds, "logistic_accuracy": scores,
             "mean": float(np.mean(scores)) if scores else None}
@@ -100,7 +102,7 @@ def train_models(settings: CryptoSettings, common: CommonSettings, features_path
         # every segment (train and train-dev too, for the error analysis) and the backtest bars
         rows = {**{k: v[2] for k, v in data.items()}, "backtest": bt_pos}
         for name, pos in rows.items():
-            x = windows(inputs, pos, window)
+            x = Windows.of(inputs, pos, window)
             past = close[pos] / close[np.maximum(pos - horizon, 0)] - 1
             frames.append(pd.DataFrame({
                 "segment": name, "position": pos,
@@ -108,7 +110,7 @@ def train_models(settings: CryptoSettings, common: CommonSettings, features_path
                 "target": features["target"].to_numpy()[pos],
                 "next_return": features["next_return"].to_numpy()[pos],
                 "prob_model": predict_proba(result.model, x, device),
-                "prob_logistic": logistic.predict_proba(x.reshape(len(x), -1))[:, 1],
+                "prob_logistic": on_flat_windows(logistic.predict_proba, x)[:, 1],
                 "prob_persistence": persistence_direction(past)}))
         write_parquet(pd.concat(frames, ignore_index=True), out_dir / "predictions.parquet")
         walk = _walk_forward(inputs, features["target"].to_numpy(), split_dir,

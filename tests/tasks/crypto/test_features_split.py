@@ -10,6 +10,7 @@ from tasks.crypto.candles import demo_candles
 from tasks.crypto.features import add_labels, compute_features, feature_columns
 from tasks.crypto.split import (
     Scaler,
+    Windows,
     carve_train_dev,
     check_no_leak,
     check_train_dev,
@@ -19,7 +20,6 @@ from tasks.crypto.split import (
     usable_positions,
     walk_forward_folds,
     window_rows,
-    windows,
 )
 from tasks.errors import DataError, LeakError
 
@@ -113,12 +113,24 @@ def test_walk_forward_folds_are_purged_and_move_forward(candles, mode):
     assert sizes[0] < sizes[1] < sizes[2] if mode == "expanding" else max(sizes) - min(sizes) < 200
 
 
-def test_windows_end_at_their_position():
-    matrix = np.arange(40, dtype=float).reshape(20, 2)
-    out = windows(matrix, np.array([4, 19]), 5)
-    assert out.shape == (2, 5, 2)
-    np.testing.assert_array_equal(out[0], matrix[0:5])
-    np.testing.assert_array_equal(out[1], matrix[15:20])
+def test_windows_end_at_their_position_and_hold_the_series_once():
+    matrix = np.arange(40, dtype=np.float32).reshape(20, 2)
+    out = Windows.of(matrix, np.array([4, 19, 7]), 5)
+    assert out.series is matrix  # float32 and contiguous already: shared, not copied
+    assert len(out) == 3 and out.n_features == 2
+    taken = out.take()
+    assert taken.shape == (3, 5, 2) and taken.dtype == np.float32
+    np.testing.assert_array_equal(taken[0], matrix[0:5])
+    np.testing.assert_array_equal(taken[1], matrix[15:20])
+    np.testing.assert_array_equal(out.take(np.array([2])), matrix[None, 3:8])
+    np.testing.assert_array_equal(out.flat(slice(1, 2)), matrix[15:20].reshape(1, -1))
+    assert [(s.start, s.stop) for s in out.chunks(2)] == [(0, 2), (2, 4)]
+
+
+@pytest.mark.parametrize("ends", [[3], [20]])
+def test_a_window_outside_the_series_is_an_error(ends):
+    with pytest.raises(DataError, match="window ends"):
+        Windows.of(np.zeros((20, 2)), np.array(ends), 5)
 
 
 def test_too_little_data_is_a_clear_error(candles):
