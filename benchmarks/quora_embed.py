@@ -27,6 +27,8 @@ from gensim.models import KeyedVectors
 from tasks.quora.embed import (
     embedding_matrix,
     fit_tfidf,
+    fit_tfidf_counts,
+    tfidf_from_counts,
     tfidf_matrix,
     weighted_mean_vectors,
 )
@@ -98,7 +100,8 @@ def naive_pipeline(texts: list[str], vectors: dict[str, np.ndarray]) -> np.ndarr
 # ---------------------------------------------------------------- the vectorised side
 def vectorised_pipeline(texts: list[str], kv: KeyedVectors,
                         seconds: dict[str, float] | None = None) -> np.ndarray:
-    """tokenize -> fit_tfidf -> tfidf_matrix -> embedding_matrix -> weighted_mean_vectors."""
+    """tokenize -> fit_tfidf_counts (one pass: fit and count) -> tfidf_from_counts ->
+    embedding_matrix -> weighted_mean_vectors."""
     seconds = {} if seconds is None else seconds
     last = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
@@ -109,10 +112,10 @@ def vectorised_pipeline(texts: list[str], kv: KeyedVectors,
 
     tokens = tokenize(texts)
     lap("tokenize")
-    vectorizer = fit_tfidf(tokens)
-    lap("tfidf fit")
-    weights = tfidf_matrix(vectorizer, tokens)
-    lap("tfidf transform")
+    vectorizer, counts = fit_tfidf_counts(tokens)
+    lap("tfidf fit + count")
+    weights = tfidf_from_counts(vectorizer, counts)
+    lap("tfidf weights")
     emb, _ = embedding_matrix(list(vectorizer.get_feature_names_out()), kv)
     lap("embedding lookup")
     out = weighted_mean_vectors(weights, emb)

@@ -62,22 +62,43 @@ def _count(codes: np.ndarray, lengths: np.ndarray, n_columns: int) -> sp.csr_mat
     return counts
 
 
+def _rows(matrix: sp.csr_matrix, rows: np.ndarray | None) -> sp.csr_matrix:
+    return matrix if rows is None else matrix[np.asarray(rows)]
+
+
 def fit_tfidf(train_tokens: Sequence[Sequence[str]], min_df: int = 1,
               sublinear_tf: bool = False) -> TfidfVectorizer:
     """A float32 TfidfVectorizer over pre-tokenised questions (its analyzer passes lists through).
 
-    Counting is vectorised (one hashed lookup per token in C); the vocabulary and idf are the
-    ones `TfidfVectorizer.fit` would give, and `.transform(token_lists)` works as usual.
+    The vocabulary and idf are the ones `TfidfVectorizer.fit` would give, and
+    `.transform(token_lists)` works as usual.
     """
-    lengths, flat = flatten(train_tokens)
-    codes, seen = pd.factorize(flat, sort=True)  # sorted like TfidfVectorizer's vocabulary
-    counts = _count(codes, lengths, len(seen))
-    kept = np.flatnonzero(np.bincount(counts.indices, minlength=len(seen)) >= min_df)
+    return fit_tfidf_counts(train_tokens, min_df=min_df, sublinear_tf=sublinear_tf)[0]
+
+
+def fit_tfidf_counts(token_lists: Sequence[Sequence[str]], train_rows: np.ndarray | None = None,
+                     min_df: int = 1, sublinear_tf: bool = False,
+                     ) -> tuple[TfidfVectorizer, sp.csr_matrix]:
+    """The TfidfVectorizer fitted on the rows `train_rows` of `token_lists` (all rows when None)
+    and the float32 term counts of every row over its vocabulary (what `count_matrix` gives).
+
+    One pass: every token is hashed once, for the fit and the counts together.
+    """
+    lengths, flat = flatten(token_lists)
+    codes, distinct = pd.factorize(flat)
+    by_code = _rows(_count(codes, lengths, len(distinct)), train_rows)
+    doc_freq = np.bincount(by_code.indices, minlength=len(distinct))
+    kept = np.flatnonzero(doc_freq >= max(min_df, 1))
     if not len(kept):
         raise DataError(f"no token occurs in {min_df} or more training questions",
                         field="question1/question2")
-    idf = TfidfTransformer(smooth_idf=True).fit(counts[:, kept]).idf_
-    return tfidf_vectorizer(seen[kept], idf, sublinear_tf=sublinear_tf, min_df=min_df)
+    kept = kept[np.argsort(distinct[kept])]  # alphabetical, like TfidfVectorizer's vocabulary
+    column = np.full(len(distinct), -1, dtype=np.int64)
+    column[kept] = np.arange(len(kept))
+    counts = _count(column[codes], lengths, len(kept))
+    idf = TfidfTransformer(smooth_idf=True).fit(_rows(counts, train_rows)).idf_
+    vectorizer = tfidf_vectorizer(distinct[kept], idf, sublinear_tf=sublinear_tf, min_df=min_df)
+    return vectorizer, counts
 
 
 def tfidf_vectorizer(words: Sequence[str], idf: Sequence[float], sublinear_tf: bool = False,
@@ -134,7 +155,12 @@ def question_weights(vectorizer: TfidfVectorizer,
                      token_lists: Sequence[Sequence[str]]) -> dict[str, sp.csr_matrix]:
     """Each question's word weights over the vocabulary, per weighting: `tfidf` (TF-IDF rows)
     and `mean` (term counts: a plain mean)."""
-    counts = count_matrix(vectorizer, token_lists)
+    return weights_from_counts(vectorizer, count_matrix(vectorizer, token_lists))
+
+
+def weights_from_counts(vectorizer: TfidfVectorizer,
+                        counts: sp.csr_matrix) -> dict[str, sp.csr_matrix]:
+    """`question_weights` from a `count_matrix` already made."""
     return {"tfidf": tfidf_from_counts(vectorizer, counts), "mean": counts}
 
 
@@ -317,10 +343,10 @@ def embed_questions(settings: QuoraSettings, split_dir: Path, out_dir: Path, see
         raise DataError("train questions have no word tokens", path=pairs_path,
                         field="question1/question2")
 
-    vectorizer = fit_tfidf(train_tokens)
+    # One pass over the tokens: fitted on train questions, counted for all of them.
+    vectorizer, counts = fit_tfidf_counts(tokens, np.flatnonzero(in_train))
     words = list(vectorizer.get_feature_names_out())
-    weights = question_weights(vectorizer, tokens)
-    counts = weights["mean"]
+    weights = weights_from_counts(vectorizer, counts)
     clock.lap("tfidf")
 
     kv = train_word_vectors(train_tokens, algorithm=cfg.algorithm, dim=cfg.dim,

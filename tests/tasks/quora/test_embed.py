@@ -1,15 +1,17 @@
 """Question vectors: tokens, ids, the vectorised weighted mean, train-only fitting, file formats."""
 import json
 import sys
+from collections import Counter
+from itertools import chain
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
 from gensim.models import KeyedVectors
-from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.feature_extraction.text import TfidfTransformer, TfidfVectorizer
 
-from tasks.config import QuoraEmbed, QuoraSettings
+from tasks.config import QuoraEmbed, QuoraSettings, QuoraSplit
 from tasks.errors import ConfigError, DataError
 from tasks.quora.embed import (
     count_matrix,
@@ -17,10 +19,15 @@ from tasks.quora.embed import (
     embed_questions,
     embedding_matrix,
     fit_tfidf,
+    fit_tfidf_counts,
     load_pretrained,
+    question_weights,
     tfidf_matrix,
+    tfidf_vectorizer,
     train_word_vectors,
+    unique_questions,
     weighted_mean_vectors,
+    weights_from_counts,
 )
 from tasks.quora.text import build_vocab, token_ids, tokenize
 
@@ -142,6 +149,72 @@ def test_tfidf_vocabulary_is_fitted_on_train_only():
 def test_fit_tfidf_without_tokens_is_a_data_error():
     with pytest.raises(DataError, match="question1/question2"):
         fit_tfidf([[], []])
+    with pytest.raises(DataError, match="question1/question2"):
+        fit_tfidf_counts([["only", "dev"], []], train_rows=np.array([1]))
+
+
+def _two_pass_reference(train_tokens, token_lists, min_df=1, sublinear_tf=False):
+    """The path before one-pass fitting: fit on the train token lists, then hash every
+    question's tokens again to count them (count_matrix, the serving path)."""
+    doc_freq = Counter(chain.from_iterable(map(set, train_tokens)))
+    words = sorted(word for word, df in doc_freq.items() if df >= min_df)
+    train_counts = count_matrix(tfidf_vectorizer(words, np.ones(len(words))), train_tokens)
+    idf = TfidfTransformer(smooth_idf=True).fit(train_counts).idf_
+    vectorizer = tfidf_vectorizer(words, idf, sublinear_tf=sublinear_tf, min_df=min_df)
+    return vectorizer, question_weights(vectorizer, token_lists)
+
+
+def _assert_same_weights(ours, reference):
+    """Same vocabulary, idf and weight matrices, bit for bit (so the same question vectors)."""
+    (vectorizer, weights), (ref_vectorizer, ref_weights) = ours, reference
+    assert vectorizer.vocabulary_ == ref_vectorizer.vocabulary_
+    assert vectorizer.idf_.dtype == np.float32
+    assert np.array_equal(vectorizer.idf_, ref_vectorizer.idf_)
+    assert vectorizer.sublinear_tf == ref_vectorizer.sublinear_tf
+    for name, matrix in ref_weights.items():
+        got = weights[name]
+        assert got.dtype == np.float32 and got.shape == matrix.shape
+        for part in ("indptr", "indices", "data"):
+            assert np.array_equal(getattr(got, part), getattr(matrix, part)), (name, part)
+
+
+def test_one_pass_fit_and_count_equals_fitting_then_counting_again():
+    tokens = tokenize(["the cat sat on the mat", "the dog", "a cat and a dog and a cat", "",
+                       f"the {TEST_ONLY_WORD} and the cat", "unseen words only", "the the dog"])
+    train_rows = np.array([0, 1, 2, 3, 6])
+    train = [tokens[i] for i in train_rows]
+    for min_df, sublinear in [(1, False), (2, False), (1, True)]:
+        vectorizer, counts = fit_tfidf_counts(tokens, train_rows, min_df=min_df,
+                                              sublinear_tf=sublinear)
+        _assert_same_weights((vectorizer, weights_from_counts(vectorizer, counts)),
+                             _two_pass_reference(train, tokens, min_df, sublinear))
+        assert TEST_ONLY_WORD not in vectorizer.vocabulary_ and "unseen" not in vectorizer.vocabulary_
+        ref = TfidfVectorizer(analyzer=_identity, lowercase=False, dtype=np.float32,
+                              min_df=min_df, sublinear_tf=sublinear).fit(train)
+        np.testing.assert_allclose(tfidf_matrix(vectorizer, tokens).toarray(),
+                                   ref.transform(tokens).toarray(), rtol=1e-6)
+
+
+def test_one_pass_weights_are_the_two_pass_weights_on_the_demo_data():
+    from tasks.quora.clean import clean_pairs, random_split
+    from tasks.quora.ingest import demo_pairs
+
+    pairs, _ = clean_pairs(demo_pairs(6000, seed=42), min_chars=10)
+    pairs = pairs.assign(split=random_split(pairs["is_duplicate"].to_numpy(), QuoraSplit(), 42))
+    questions, pair_index = unique_questions(pairs)
+    in_train = np.zeros(len(questions), dtype=bool)
+    in_train[pair_index[(pairs["split"] == "train").to_numpy()].ravel()] = True
+    assert 0 < in_train.sum() < len(questions)
+    tokens = tokenize(questions)
+    vectorizer, counts = fit_tfidf_counts(tokens, np.flatnonzero(in_train))
+    ours = weights_from_counts(vectorizer, counts)
+    reference = _two_pass_reference([tokens[i] for i in np.flatnonzero(in_train)], tokens)
+    _assert_same_weights((vectorizer, ours), reference)
+    emb = np.random.default_rng(0).standard_normal((len(vectorizer.vocabulary_), 8),
+                                                   dtype=np.float32)
+    for name, matrix in reference[1].items():
+        assert np.array_equal(weighted_mean_vectors(ours[name], emb),
+                              weighted_mean_vectors(matrix, emb))
 
 
 # ---------------------------------------------------------------- word vectors
