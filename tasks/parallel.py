@@ -19,7 +19,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from tasks.config import CommonSettings
-from tasks.threads import thread_env, thread_share
+from tasks.threads import thread_share
 
 T = TypeVar("T")
 BATCHES_PER_WORKER = 4
@@ -71,36 +71,6 @@ def task_runner(common: CommonSettings | None, max_workers: int) -> TaskRunner:
                                           "processes": True, "dashboard_address": ":0"})
 
 
-def local_dask(common: CommonSettings | None) -> bool:
-    """Whether the runner starts its own Dask cluster (not threads, not an existing cluster)."""
-    return common is not None and common.task_runner == "dask" and not common.dask_address
-
-
-@contextmanager
-def dask_spawn_env(env: dict[str, str]) -> Iterator[None]:
-    """Dask workers started inside get `env` before they spawn (Dask's own default gives each
-    one thread: `distributed.nanny.pre-spawn-environ`)."""
-    import dask
-    import distributed  # noqa: F401 - loads the distributed.* config
-
-    spawn = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **env}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn}):
-        yield
-
-
-@contextmanager
-def worker_threads(common: CommonSettings | None, n_workers: int) -> Iterator[int]:
-    """Each of `n_workers` running at once gets its share of this process's threads: torch's
-    here (thread pool) and the environment of the local Dask workers. Yields the share.
-    Workers of an existing cluster (`dask_address`) keep what they were started with."""
-    with thread_share(n_workers) as threads:
-        if local_dask(common):
-            with dask_spawn_env(thread_env(threads)):
-                yield threads
-        else:
-            yield threads
-
-
 def batched(items: Sequence[T], size: int) -> list[list[T]]:
     """[a, b, c, d, e] with size 2 -> [[a, b], [c, d], [e]]."""
     if size < 1:
@@ -127,7 +97,9 @@ def map_batches(task: Task, items: Sequence[T], batch_size: int, max_workers: in
     if not batches:
         return
     parameters = {"batch": batches, **{k: unmapped(v) for k, v in fixed.items()}}
-    with shared_prefect_api(), worker_threads(common, max_workers), \
+    # each batch running at once gets its share: torch's threads here (thread pool), the
+    # environment of a local Dask cluster's workers (it wins over Dask's one thread a worker)
+    with shared_prefect_api(), thread_share(max_workers), \
             task_runner(common, max_workers) as runner:
         futures = runner.map(task, parameters=parameters)
         by_id = {future.task_run_id: batch for future, batch in zip(futures, batches, strict=True)}

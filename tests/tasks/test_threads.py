@@ -119,7 +119,7 @@ def test_thread_pool_tasks_share_this_process_threads(prefect_api, no_budget, mo
     before = torch.get_num_threads()
     seen = _mapped(CommonSettings(task_runner="threads"))
     assert len(seen) == 8 and {s["pid"] for s in seen} == {os.getpid()}
-    assert all(s["threads"] == 2 and s["env"] == dict.fromkeys(ALL_VARS, "2") for s in seen)
+    assert [(s["threads"], s["env"]) for s in seen] == [(2, dict.fromkeys(ALL_VARS, "2"))] * 8
     assert torch.get_num_threads() == before and os.environ[BUDGET_VAR] == "4"
     assert "OMP_NUM_THREADS" not in os.environ
 
@@ -130,6 +130,6 @@ def test_each_dask_worker_process_gets_its_share(prefect_api, no_budget, monkeyp
     pids = {s["pid"] for s in seen}
     assert len(seen) == 8 and len(pids) == 2 and os.getpid() not in pids  # 2 processes at once
     # not Dask's default of one thread a worker, not the whole budget each: half of it
-    assert all(s["threads"] == 2 and s["env"] == dict.fromkeys(ALL_VARS, "2") for s in seen)
+    assert [(s["threads"], s["env"]) for s in seen] == [(2, dict.fromkeys(ALL_VARS, "2"))] * 8
     # Dask writes its workers' variables into this process's environment; they are undone
     assert os.environ[BUDGET_VAR] == "4" and "OMP_NUM_THREADS" not in os.environ
