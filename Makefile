@@ -25,6 +25,8 @@ export REPROLAB_HOME ?= $(CURDIR)
 export REPROLAB_POOL ?= reprolab
 export REPROLAB_NIGHTLY_CRON ?= 0 2 * * *
 export REPROLAB_TIMEZONE ?= UTC
+# flow runs one worker runs at once; each gets that share of the cores (REPROLAB_THREADS)
+WORKER_FLOWS ?= 2
 RUN_DIR := $(PREFECT_HOME)/run
 
 .PHONY: venv lock demo test lint bench clean server worker deploy stop
@@ -82,9 +84,12 @@ worker: venv
 	@mkdir -p $(RUN_DIR)
 	@if [ -f $(RUN_DIR)/worker.pid ] && kill -0 $$(cat $(RUN_DIR)/worker.pid) 2>/dev/null; then \
 	  echo "worker already running (PID $$(cat $(RUN_DIR)/worker.pid))"; else \
-	  PREFECT_API_URL=$${PREFECT_API_URL:-$(SERVER_URL)} setsid $(BIN)/prefect worker start \
-	    --pool $(REPROLAB_POOL) --type process >$(RUN_DIR)/worker.log 2>&1 & \
-	  echo $$! >$(RUN_DIR)/worker.pid; echo "worker for pool $(REPROLAB_POOL): log $(RUN_DIR)/worker.log"; fi
+	  threads=$$($(BIN)/python -m tasks.threads $(WORKER_FLOWS)) || exit 1; \
+	  REPROLAB_THREADS=$$threads PREFECT_API_URL=$${PREFECT_API_URL:-$(SERVER_URL)} setsid \
+	    $(BIN)/prefect worker start --pool $(REPROLAB_POOL) --type process --limit $(WORKER_FLOWS) \
+	    >$(RUN_DIR)/worker.log 2>&1 & \
+	  echo $$! >$(RUN_DIR)/worker.pid; echo "worker for pool $(REPROLAB_POOL): at most" \
+	    "$(WORKER_FLOWS) flow runs at once, $$threads threads each; log $(RUN_DIR)/worker.log"; fi
 
 deploy: venv
 	@export PREFECT_API_URL=$${PREFECT_API_URL:-$(SERVER_URL)}; \

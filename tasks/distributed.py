@@ -3,7 +3,9 @@
 `torchrun --nproc-per-node N -m flows.<pipeline> <stage>` starts N processes and sets RANK,
 WORLD_SIZE and LOCAL_RANK; `init_distributed` joins them into one process group and `fit` then
 trains with DistributedDataParallel. Without those variables (a plain `python -m ...`) there is
-no process group and every function here acts for a single process.
+no process group and every function here acts for a single process. The ranks on one machine
+share its cores: each gets its share of the thread budget (tasks/threads.py), not torchrun's
+default of one thread.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from tasks.errors import ConfigError
+from tasks.threads import apply_thread_budget, share
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ def init_distributed(device_setting: str) -> DistInfo:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not is_initialized():
+        apply_thread_budget(share(_env_int("LOCAL_WORLD_SIZE", world)))
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 device_id=device if device.type == "cuda" else None)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)

@@ -3,7 +3,8 @@
 Batches, not items, are the unit of a task run: Kinetics has ~650k clips, and one task run per
 clip would drown the Prefect database. The runner's worker count is the concurrency limit;
 across several flow runs, a Prefect tag concurrency limit on the task's tag caps it globally
-(`prefect concurrency-limit create kinetics-download 4`).
+(`prefect concurrency-limit create kinetics-download 4`). Each of the `max_workers` batches
+running at once gets its share of this process's threads (tasks/threads.py).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from tasks.config import CommonSettings
+from tasks.threads import thread_share
 
 T = TypeVar("T")
 BATCHES_PER_WORKER = 4
@@ -95,7 +97,10 @@ def map_batches(task: Task, items: Sequence[T], batch_size: int, max_workers: in
     if not batches:
         return
     parameters = {"batch": batches, **{k: unmapped(v) for k, v in fixed.items()}}
-    with shared_prefect_api(), task_runner(common, max_workers) as runner:
+    # each batch running at once gets its share: torch's threads here (thread pool), the
+    # environment of a local Dask cluster's workers (it wins over Dask's one thread a worker)
+    with shared_prefect_api(), thread_share(max_workers), \
+            task_runner(common, max_workers) as runner:
         futures = runner.map(task, parameters=parameters)
         by_id = {future.task_run_id: batch for future, batch in zip(futures, batches, strict=True)}
         for future in as_completed(futures):

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tasks.pipeline import declaration
+from tasks.threads import BUDGET_VAR, share
 from tests.conftest import VENV_BIN
 from tests.flows.repo_copy import repo_env, run, small_repo
 
@@ -118,6 +119,17 @@ def test_deploy_creates_every_deployment_with_the_nightly_schedule(deployed, pre
     assert nightly["work_pool_name"] == deployed[1]["REPROLAB_POOL"]
     assert nightly["pull_steps"][0]["prefect.deployments.steps.set_working_directory"] == {
         "directory": str(deployed[0])}
+
+
+def test_the_worker_runs_two_flow_runs_at_once_with_half_the_cores_each(deployed):
+    repo, _ = deployed
+    pid = (repo / ".prefect" / "run" / "worker.pid").read_text().strip()
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    environ = dict(item.split("=", 1) for item in
+                   Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in item)
+    assert "worker" in argv and argv[argv.index("--limit") + 1] == "2"  # WORKER_FLOWS
+    # a process worker starts each flow run with its own environment
+    assert environ[BUDGET_VAR] == str(share(2))
 
 
 def test_nightly_promotes_a_champion_then_a_night_without_new_data_changes_nothing(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from tasks.train import fit, tensor_loader
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("ddp_worker.py")
+THREADS_WORKER = Path(__file__).with_name("threads_worker.py")
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                 "MASTER_PORT", "TORCHELASTIC_RUN_ID")
 CPU = torch.device("cpu")
@@ -98,11 +100,12 @@ def test_validation_shards_hold_every_sample_once():
 
 
 # ---------------------------------------------------------------- 2 ranks under torchrun
-def _torchrun(script: Path, out: Path, timeout: float = 180) -> None:
+def _torchrun(script: Path, out: Path, timeout: float = 180, **extra_env: str) -> None:
     """`torchrun --nproc-per-node 2 --standalone script out` on CPU; fails with its output."""
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+               **extra_env)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--standalone", str(script), str(out)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -214,3 +217,12 @@ def test_a_ddp_checkpoint_is_a_plain_checkpoint_one_process_can_resume(ddp_run, 
                  on_epoch=lambda row: pytest.fail("trained again"))
     assert _equal(result.model.state_dict(), rank0["final"])
     assert result.history == rank0["history"]
+
+
+def test_each_rank_gets_its_share_of_the_budget(tmp_path):
+    # torchrun gives each rank one thread (OMP_NUM_THREADS=1); the ranks split the budget
+    _torchrun(THREADS_WORKER, tmp_path, REPROLAB_THREADS="4")
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for seen in ranks:
+        assert seen["threads"] == 2, seen
+        assert set(seen["env"].values()) == {"2"}, seen  # and their children get the same
