@@ -32,7 +32,7 @@ from tasks.quora.embed import (
     tfidf_matrix,
     weighted_mean_vectors,
 )
-from tasks.quora.text import TOKEN_PATTERN, tokenize
+from tasks.quora.text import TOKEN_PATTERN, gc_paused, tokenize
 
 DIM = 300
 VOCAB_SIZE = 30_000
@@ -101,8 +101,14 @@ def naive_pipeline(texts: list[str], vectors: dict[str, np.ndarray]) -> np.ndarr
 def vectorised_pipeline(texts: list[str], kv: KeyedVectors,
                         seconds: dict[str, float] | None = None) -> np.ndarray:
     """tokenize -> fit_tfidf_counts (one pass: fit and count) -> tfidf_from_counts ->
-    embedding_matrix -> weighted_mean_vectors."""
-    seconds = {} if seconds is None else seconds
+    embedding_matrix -> weighted_mean_vectors, under a paused collector as the embed stage
+    runs (the token lists are freed before it runs again)."""
+    with gc_paused():
+        return _vectorised_steps(texts, kv, {} if seconds is None else seconds)
+
+
+def _vectorised_steps(texts: list[str], kv: KeyedVectors, seconds: dict[str, float]
+                      ) -> np.ndarray:
     last = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
     def lap(step: str) -> None:

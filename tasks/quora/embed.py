@@ -29,6 +29,7 @@ from tasks.quora.text import (
     UNKNOWN_ID,
     build_vocab,
     flatten,
+    gc_paused,
     token_ids,
     tokenize,
 )
@@ -328,6 +329,13 @@ def unique_questions(pairs: pd.DataFrame) -> tuple[list[str], np.ndarray]:
 def embed_questions(settings: QuoraSettings, split_dir: Path, out_dir: Path, seed: int) -> dict:
     """Vectors of every unique question (gensim and, when configured, pretrained; TF-IDF and
     plain means), token ids and the embedding init, all fitted on train questions only."""
+    # One token list per question lives through the stage. They hold only strings (no cycles),
+    # and every collection would traverse them: the collector stays paused until they are freed.
+    with gc_paused():
+        return _embed_questions(settings, split_dir, out_dir, seed)
+
+
+def _embed_questions(settings: QuoraSettings, split_dir: Path, out_dir: Path, seed: int) -> dict:
     cfg, clock, out_dir = settings.embed, _Stopwatch(), Path(out_dir)
     pairs_path = Path(split_dir) / "pairs.parquet"
     pairs = read_pairs(pairs_path)

@@ -1,4 +1,5 @@
 """Question vectors: tokens, ids, the vectorised weighted mean, train-only fitting, file formats."""
+import gc
 import json
 import sys
 from collections import Counter
@@ -13,6 +14,7 @@ from sklearn.feature_extraction.text import TfidfTransformer, TfidfVectorizer
 
 from tasks.config import QuoraEmbed, QuoraSettings, QuoraSplit
 from tasks.errors import ConfigError, DataError
+from tasks.quora import embed as embed_module
 from tasks.quora.embed import (
     count_matrix,
     detect_vector_format,
@@ -29,7 +31,7 @@ from tasks.quora.embed import (
     weighted_mean_vectors,
     weights_from_counts,
 )
-from tasks.quora.text import build_vocab, token_ids, tokenize
+from tasks.quora.text import build_vocab, gc_paused, token_ids, tokenize
 
 TEST_ONLY_WORD = "zyzzyva"
 
@@ -51,6 +53,26 @@ def test_tokenize(text, expected):
 
 def test_tokenize_keeps_one_list_per_text():
     assert tokenize(["a b", "", "c"]) == [["a", "b"], [], ["c"]]
+
+
+def test_gc_paused_nests_and_leaves_the_collector_as_it_was():
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the inner block does not switch it on early
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        raise RuntimeError("boom")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_build_vocab_orders_by_frequency_then_alphabet():
@@ -401,3 +423,22 @@ def test_embed_questions_rejects_a_bad_split(tmp_path):
     pairs.to_parquet(tmp_path / "clean" / "pairs.parquet", index=False)
     with pytest.raises(DataError, match="row 5.*split"):
         embed_questions.fn(_settings(), tmp_path / "clean", tmp_path / "out", seed=0)
+    assert gc.isenabled()
+
+
+def test_embed_questions_keeps_the_collector_paused_while_token_lists_live(
+        tmp_path, clean_dir, monkeypatch):
+    collector_on = []
+
+    def watched(name, real):
+        def call(*args, **kwargs):
+            collector_on.append((name, gc.isenabled()))
+            return real(*args, **kwargs)
+        monkeypatch.setattr(embed_module, name, call)
+
+    for name in ("tokenize", "train_word_vectors", "token_ids"):
+        watched(name, getattr(embed_module, name))
+    embed_questions.fn(_settings(), clean_dir, tmp_path / "embed", seed=0)
+    assert collector_on == [("tokenize", False), ("train_word_vectors", False),
+                            ("token_ids", False)]
+    assert gc.isenabled()
