@@ -429,7 +429,8 @@ class KineticsTrain(TrainSettings):
     warmup_epochs: int = Field(1, ge=0)
     grad_accum: int = Field(1, ge=1)
     max_grad_norm: float | None = Field(None, gt=0)
-    num_workers: int = Field(0, ge=0, description="DataLoader processes decoding frames")
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field("auto", description=(
+        "DataLoader processes decoding clips; auto: cores - 1 on CUDA, 0 on the CPU"))
 
 
 class KineticsEvaluate(Section):

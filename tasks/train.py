@@ -1,7 +1,9 @@
 """The one training loop for every pipeline: AdamW/SGD, warm-up + cosine LR, early stopping, resume.
 
-Read `fit` top to bottom. Loaders yield `(inputs..., target)`; the model is called as
-`model(*inputs)` and the loss as `loss_fn(outputs, target)` (a mean over the batch).
+Read `fit` top to bottom. Loaders yield `(inputs..., target)`; the inputs are copied to the
+device and, if `prepare` is given, turned there into the model's (uint8 clips -> normalised
+floats); the model is called as `model(*inputs)` and the loss as `loss_fn(outputs, target)` (a
+mean over the batch).
 Under torchrun (`tasks.distributed.init_distributed` first) the same loop runs on every rank
 with DistributedDataParallel; without a process group it is a plain single-process loop.
 A bar over the batches shows epoch, loss and ETA on a terminal; inside a Prefect run the same
@@ -163,11 +165,18 @@ def _to_device(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
-def _split_batch(batch: Sequence[torch.Tensor], device: torch.device
-                 ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """(inputs..., target) -> (inputs, target); a one-element batch is inputs only.
+Prepare = Callable[[torch.Tensor], torch.Tensor]
 
-    On CUDA, 4-D and 5-D inputs (images, clips) take the channels-last layout like the model.
+
+def _split_batch(batch: Sequence[torch.Tensor], device: torch.device,
+                 prepare: Prepare | None = None
+                 ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """(inputs..., target) -> (inputs, target) on `device`; a one-element batch is inputs only.
+
+    The copies are non-blocking (asynchronous from a loader's pinned memory on CUDA). On CUDA,
+    4-D and 5-D inputs (images, clips) take the channels-last layout like the model; then
+    `prepare`, if given, turns each input into the model's (e.g. uint8 clips -> normalised
+    float32), on the device.
     """
     tensors = [t.to(device, non_blocking=True) for t in batch]
     if len(tensors) == 1:
@@ -176,6 +185,8 @@ def _split_batch(batch: Sequence[torch.Tensor], device: torch.device
         inputs, target = tensors[:-1], tensors[-1]
     if device.type == "cuda":
         inputs = [_channels_last(t) for t in inputs]
+    if prepare is not None:
+        inputs = [prepare(t) for t in inputs]
     return inputs, target
 
 
@@ -277,14 +288,14 @@ def _checkpoint_to_resume(path: Path | None, identity: str, main: bool) -> dict[
     return None
 
 
-def _loss_sums(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: torch.device
-               ) -> tuple[float, int]:
+def _loss_sums(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: torch.device,
+               prepare: Prepare | None = None) -> tuple[float, int]:
     """(sum of the per-sample loss, number of samples) over `loader`, in eval mode."""
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in loader:
-            inputs, target = _split_batch(batch, device)
+            inputs, target = _split_batch(batch, device, prepare)
             with _autocast(device):
                 outputs = model(*inputs)
             total += loss_fn(outputs.float(), target).item() * len(target)
@@ -296,7 +307,8 @@ def _loss_sums(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: 
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss_fn: Callable,
         config: FitConfig, device: torch.device, *,
         on_epoch: Callable[[dict], None] | None = None,
-        checkpoint_path: Path | None = None, checkpoint_identity: str = "") -> FitResult:
+        checkpoint_path: Path | None = None, checkpoint_identity: str = "",
+        prepare: Prepare | None = None) -> FitResult:
     """Train with early stopping on val loss; return the model with its best weights loaded.
 
     The LR schedule is per optimizer step: linear warm-up over `warmup_epochs`, then cosine
@@ -304,6 +316,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
     call resumes from the next epoch exactly (same weights as an uninterrupted run), provided
     the checkpoint's identity (`run_identity`: code, FitConfig and the caller's
     `checkpoint_identity`) is this call's; any other checkpoint is ignored and overwritten.
+    `prepare` turns each input on the device into the model's (e.g. uint8 clips -> normalised
+    float32), for training, validation and the diagnostics' probe alike.
 
     In a process group of several ranks (torchrun): DistributedDataParallel, each rank trains
     on its share of `train_loader` and validates on its share of `val_loader`; losses in the
@@ -356,7 +370,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
         if main:
             log.info("resuming from %s at epoch %d", checkpoint_path, start_epoch)
 
-    diagnostics = _diagnostics(config, val_loader, device) if main else None
+    diagnostics = _diagnostics(config, val_loader, device, prepare) if main else None
     n_batches = len(train_loader)
     # a bar over every batch (terminal only); inside a Prefect run, a progress artifact
     with Progress(config.epochs * n_batches, "train", unit="batch",
@@ -375,7 +389,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
             optimizer.zero_grad(set_to_none=True)
             train_total, train_count, lr = 0.0, 0, optimizer.param_groups[0]["lr"]
             for i, batch in enumerate(train_loader):
-                inputs, target = _split_batch(batch, device)
+                inputs, target = _split_batch(batch, device, prepare)
                 group_start = (i // config.grad_accum) * config.grad_accum
                 group_size = min(config.grad_accum, n_batches - group_start)
                 last_of_group = i - group_start + 1 == group_size
@@ -401,7 +415,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
                 distributed.broadcast_buffers(model)  # BatchNorm statistics: rank 0's everywhere
 
             # ---- validate (sums over all ranks), keep the best weights, decide on early stopping
-            val_total, val_count = _loss_sums(model, val_loader, loss_fn, device)
+            val_total, val_count = _loss_sums(model, val_loader, loss_fn, device, prepare)
             train_total, train_count, val_total, val_count = distributed.all_reduce_sum(
                 [train_total, train_count, val_total, val_count], device)
             val_loss = val_total / max(val_count, 1)
@@ -450,19 +464,21 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
                      resumed_from_epoch=start_epoch - 1, steps_run=steps_run)
 
 
-def _diagnostics(config: FitConfig, val_loader: DataLoader, device: torch.device
-                 ) -> GradientDiagnostics | None:
+def _diagnostics(config: FitConfig, val_loader: DataLoader, device: torch.device,
+                 prepare: Prepare | None = None) -> GradientDiagnostics | None:
     """The opt-in gradient diagnostics, probing the first validation batch (reading it draws
     nothing from the training RNG, so the run trains exactly as without diagnostics)."""
     if config.diagnostics_every is None:
         return None
     with torch.random.fork_rng(devices=[]):
-        inputs, _ = _split_batch(next(iter(val_loader)), device)
+        inputs, _ = _split_batch(next(iter(val_loader)), device, prepare)
     return GradientDiagnostics(config.diagnostics_every, inputs)
 
 
-def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
-    """Raw model outputs (logits) for every batch of `loader`, in order, as one array.
+def predict(model: nn.Module, loader: DataLoader, device: torch.device,
+            prepare: Prepare | None = None) -> np.ndarray:
+    """Raw model outputs (logits) for every batch of `loader`, in order, as one array (each
+    input through `prepare` on the device first, as in `fit`).
 
     Under torchrun every rank predicts the whole loader with its own copy of the model.
     """
@@ -473,7 +489,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> np.nd
     outputs = []
     with torch.no_grad():
         for batch in loader:
-            inputs, _ = _split_batch(batch, device)
+            inputs, _ = _split_batch(batch, device, prepare)
             with _autocast(device):
                 outputs.append(model(*inputs).float().cpu())
     return torch.cat(outputs).numpy()

@@ -1,9 +1,15 @@
-"""ClipDataset: K frames of a clip as a normalised (C, T, H, W) tensor, from JPEG folders or mp4.
+"""ClipDataset: K frames of a clip as a uint8 (C, T, H, W) tensor, from JPEG folders or mp4.
 
 Train: K frames by uniform segments with a random offset (TSN) or a random stride, one random
 resized crop for the whole clip, a horizontal flip only if asked (the demo's left/right classes
 would swap). Test: `test_clips` evenly spaced views of K frames, short side resize + centre crop (or
 three crops along the long side), stacked as (n_crops * n_clips, C, K, H, W). Randomness comes from (seed, epoch, index) only.
+
+The item path does the least work per clip: only the K frames are decoded (a JPEG by DCT scaling
+at 1/2..1/8 size when every box is over twice the crop), each is cropped and resized once per
+box straight into colour planes (a box of exactly the crop size is cut out: the bilinear resize
+is the identity there), and the clip leaves as uint8; the float conversion and ImageNet
+normalisation run on the device (tasks/video/preprocess.py).
 """
 from __future__ import annotations
 
@@ -21,8 +27,6 @@ from torch.utils.data import Dataset
 from tasks.config import KineticsDataset
 from tasks.errors import DataError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_SCALE = (0.5, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 Box = tuple[float, float, float, float]
@@ -108,17 +112,52 @@ def three_crop_boxes(width: int, height: int, crop: int, short_side: int) -> lis
 
 
 # ------------------------------------------------------------------ reading
-def read_jpeg_frames(folder: Path, indices: list[int]) -> dict[int, Image.Image]:
-    """Decode only the frames named by `indices` (0-based) from a JPEG folder."""
-    frames = {}
+def open_jpeg_frames(folder: Path, indices: list[int]) -> dict[int, Image.Image]:
+    """Open the frames named by `indices` (0-based) of a JPEG folder: headers read, pixels not
+    yet decoded (decode_jpeg_frames does that, at the size the crops need)."""
+    frames: dict[int, Image.Image] = {}
     for i in indices:
         path = folder / frame_name(i)
         try:
-            with Image.open(path) as img:
-                frames[i] = img.convert("RGB")
+            frames[i] = Image.open(path)
         except (OSError, ValueError) as exc:
+            close_frames(frames)
             raise DataError(f"cannot read frame ({exc})", path=path) from None
     return frames
+
+
+def close_frames(frames: dict[int, Image.Image]) -> None:
+    """Close opened frames (their files) that are not needed any more."""
+    for img in frames.values():
+        img.close()
+
+
+def draft_shrink(boxes: list[Box], crop: int) -> int:
+    """8, 4, 2 or 1: how many times smaller a JPEG may be decoded (DCT scaling) with every box
+    still over `crop` pixels a side. DCT scaling is close to, not equal to, a bilinear resize,
+    so it is used only where a box is more than twice the crop (never on the demo's frames)."""
+    side = min(min(x1 - x0, y1 - y0) for x0, y0, x1, y1 in boxes)
+    return next((s for s in (8, 4, 2) if side > s * crop), 1)
+
+
+def decode_jpeg_frames(frames: dict[int, Image.Image], shrink: int
+                       ) -> dict[int, tuple[Image.Image, int]]:
+    """Decode opened JPEG frames to RGB, `shrink` times smaller where the decoder can (JPEG DCT
+    scaling); each with the factor it was shrunk by (1 where it was not)."""
+    decoded: dict[int, tuple[Image.Image, int]] = {}
+    for i, img in frames.items():
+        try:
+            factor, full_width = 1, img.width
+            if shrink > 1:
+                drafted = img.draft("RGB", (img.width // shrink, img.height // shrink))
+                if drafted:  # (mode, the full frame's box in the smaller image's pixels)
+                    factor = round(full_width / drafted[1][2])
+            img.load()
+        except (OSError, ValueError) as exc:
+            close_frames({j: f for j, f in frames.items() if j not in decoded})
+            raise DataError(f"cannot read frame ({exc})", path=img.filename) from None
+        decoded[i] = (img if img.mode == "RGB" else img.convert("RGB"), factor)
+    return decoded
 
 
 def read_video_frames(path: Path, indices: list[int]) -> dict[int, Image.Image]:
@@ -164,18 +203,47 @@ def video_frame_count(path: Path) -> int:
     return info.frames
 
 
-def to_tensor(images: list[Image.Image]) -> torch.Tensor:
-    """(C, T, H, W) float32, ImageNet-normalised, from T equally sized RGB images."""
-    array = np.stack([np.asarray(img, dtype=np.uint8) for img in images])  # T, H, W, C
-    clip = torch.from_numpy(array).permute(3, 0, 1, 2).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
-    return clip.sub_(mean).div_(std)
+# ------------------------------------------------------------------ cropping
+def rgb_planes(img: Image.Image) -> np.ndarray:
+    """(3, H, W) uint8 colour planes of an RGB image: PIL writes each plane out (no transpose)."""
+    width, height = img.size
+    planes = np.empty((3, height, width), dtype=np.uint8)
+    for c, band in enumerate("RGB"):
+        planes[c] = np.frombuffer(img.tobytes("raw", band), dtype=np.uint8).reshape(height, width)
+    return planes
+
+
+def whole_pixel_crop(box: Box, crop: int) -> tuple[int, int, int, int] | None:
+    """`box` as ints if it is exactly crop x crop at whole-pixel offsets (PIL's bilinear resize
+    is the identity there), else None."""
+    x0, y0, x1, y1 = box
+    if x1 - x0 == crop and y1 - y0 == crop and all(float(v).is_integer() for v in box):
+        return int(x0), int(y0), int(x1), int(y1)
+    return None
+
+
+def crop_views(img: Image.Image, boxes: list[Box], crop: int, shrink: int = 1
+               ) -> list[np.ndarray]:
+    """Each box (full-size frame pixels) of `img` (decoded `shrink` times smaller) resized to
+    crop x crop, bilinear, as (3, crop, crop) uint8 planes. A box of exactly that size at
+    whole-pixel offsets is cut out of the frame's planes: the same pixels, no resampling."""
+    views, planes = [], None
+    for box in boxes:
+        box = (box[0] / shrink, box[1] / shrink, box[2] / shrink, box[3] / shrink)
+        whole = whole_pixel_crop(box, crop)
+        if whole is None:
+            views.append(rgb_planes(img.resize((crop, crop), Image.Resampling.BILINEAR,
+                                               box=box)))
+            continue
+        planes = rgb_planes(img) if planes is None else planes
+        x0, y0, x1, y1 = whole
+        views.append(planes[:, y0:y1, x0:x1])
+    return views
 
 
 # ------------------------------------------------------------------ dataset
 class ClipDataset(Dataset):
-    """Index rows (path relative to `root`) -> (clip tensor, class_index)."""
+    """Index rows (path relative to `root`) -> (uint8 clip tensor, class_index)."""
 
     def __init__(self, index: pd.DataFrame, root: str | os.PathLike, settings: KineticsDataset,
                  train: bool, seed: int, storage: Literal["jpeg", "video"] = "jpeg",
@@ -197,14 +265,20 @@ class ClipDataset(Dataset):
         counts = index["n_frames"].tolist() if "n_frames" in index.columns else [None] * len(index)
         self._counts = [int(c) if c is not None and not pd.isna(c) and c > 0 else None
                         for c in counts]
-        self.epoch = 0
+        # in shared memory: DataLoader workers that persist across epochs see set_epoch too
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def epoch(self) -> int:
+        """The epoch whose random draws the items use."""
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose random draws the next items use."""
-        self.epoch = int(epoch)
+        """Choose the epoch whose random draws the next items use (in every loader worker)."""
+        self._epoch.fill_(int(epoch))
 
     def n_frames(self, i: int) -> int:
         """Frame count of item i: the index's n_frames, else counted from the files."""
@@ -220,36 +294,52 @@ class ClipDataset(Dataset):
                 raise DataError("no frames", path=path)
         return self._counts[i]
 
-    def _read(self, i: int, indices: list[int]) -> dict[int, Image.Image]:
+    def _open(self, i: int, indices: list[int]) -> dict[int, Image.Image]:
+        """Item i's frames named by `indices`: JPEGs opened (decoded by `_decode`), video
+        frames decoded."""
         path = self.root / self.paths[i]
         if self.storage == "jpeg":
-            return read_jpeg_frames(path, sorted(set(indices)))
+            return open_jpeg_frames(path, sorted(set(indices)))
         return read_video_frames(path, indices)
 
+    def _decode(self, frames: dict[int, Image.Image], boxes: list[Box]
+                ) -> dict[int, tuple[Image.Image, int]]:
+        """Opened frames decoded, each with how many times smaller than full size."""
+        if self.storage == "jpeg":
+            return decode_jpeg_frames(frames, draft_shrink(boxes, self.settings.crop))
+        return {j: (img, 1) for j, img in frames.items()}
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        clip = self._train_clip(i) if self.train else self._test_views(i)
+        return torch.from_numpy(clip), self.labels[i]
+
+    def _train_clip(self, i: int) -> np.ndarray:
+        """(C, K, H, W): K frames drawn for (seed, epoch, i), one random box, flipped or not."""
         s = self.settings
-        n = self.n_frames(i)
-        crop = (s.crop, s.crop)
-        if self.train:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            indices = train_indices(n, s.frames, s.sampling, rng).tolist()
-            images = self._read(i, indices)
-            width, height = next(iter(images.values())).size
-            box = random_resized_box(width, height, rng)
-            flip = s.flip and rng.random() < 0.5
-            out = []
-            for j in indices:
-                img = images[j].resize(crop, Image.Resampling.BILINEAR, box=box)
-                out.append(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else img)
-            return to_tensor(out), self.labels[i]
-        views = view_indices(n, s.frames, s.sampling, s.test_clips)
-        images = self._read(i, views.ravel().tolist())
-        width, height = next(iter(images.values())).size
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        indices = train_indices(self.n_frames(i), s.frames, s.sampling, rng).tolist()
+        frames = self._open(i, indices)
+        width, height = next(iter(frames.values())).size
+        box = random_resized_box(width, height, rng)
+        flip = s.flip and rng.random() < 0.5
+        crops = {j: crop_views(img, [box], s.crop, shrink)[0]
+                 for j, (img, shrink) in self._decode(frames, [box]).items()}
+        if flip:
+            crops = {j: view[:, :, ::-1] for j, view in crops.items()}
+        return np.stack([crops[j] for j in indices], axis=1)
+
+    def _test_views(self, i: int) -> np.ndarray:
+        """(n_crops * n_clips, C, K, H, W), crop-major: every test view of item i."""
+        s = self.settings
+        views = view_indices(self.n_frames(i), s.frames, s.sampling, s.test_clips).tolist()
+        frames = self._open(i, [j for view in views for j in view])
+        width, height = next(iter(frames.values())).size
         boxes = ([centre_box(width, height, s.crop, self.short_side)] if s.test_crops == 1
                  else three_crop_boxes(width, height, s.crop, self.short_side))
-        clips = []
-        for box in boxes:  # views ordered crop-major: (n_crops * n_clips, C, K, H, W)
-            resized = {j: img.resize(crop, Image.Resampling.BILINEAR, box=box)
-                       for j, img in images.items()}
-            clips.extend(to_tensor([resized[j] for j in view]) for view in views.tolist())
-        return torch.stack(clips), self.labels[i]
+        crops = {j: crop_views(img, boxes, s.crop, shrink)
+                 for j, (img, shrink) in self._decode(frames, boxes).items()}
+        clips = np.empty((len(boxes) * len(views), 3, s.frames, s.crop, s.crop), dtype=np.uint8)
+        for b in range(len(boxes)):
+            for v, view in enumerate(views):
+                np.stack([crops[j][b] for j in view], axis=1, out=clips[b * len(views) + v])
+        return clips

@@ -2,6 +2,7 @@
 (tasks.video.serving) rebuild them, and the clip loader all of them read clips through."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,8 @@ from models.frame_baseline import FrameBaseline
 from tasks.config import KineticsSettings
 from tasks.errors import DataError
 from tasks.video.dataset import ClipDataset
+
+CPU = torch.device("cpu")
 
 
 def build_besnet(settings: KineticsSettings, num_classes: int,
@@ -53,16 +56,39 @@ def load_imagenet(model: nn.Module, path: str) -> None:
                         path=path) from None
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def loader_workers(setting: int | str, device: torch.device) -> int:
+    """kinetics.train.num_workers as a number. "auto": on CUDA every core but the training
+    loop's (of this process's share under torchrun, LOCAL_WORLD_SIZE processes a machine)
+    decodes clips; on the CPU none, the model needs the cores."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return 0
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, available_cores() // processes - 1)
+
+
 def clip_loader(frame: pd.DataFrame, settings: KineticsSettings, seed: int, train: bool,
-                root: Path = Path(".")) -> DataLoader:
-    """A DataLoader of (clip, label): one random view in training, every test view otherwise."""
+                root: Path = Path("."), device: torch.device = CPU) -> DataLoader:
+    """A DataLoader of (uint8 clip, label): one random view in training, every test view
+    otherwise; normalise the clips on `device` with tasks.video.preprocess.normalize_clips.
+    For CUDA: pinned batches (asynchronous copies); workers, if any, persist across epochs."""
     dataset = ClipDataset(frame, root, settings.dataset, train=train, seed=seed,
                           storage=settings.frames.storage)
     t = settings.train
+    workers = loader_workers(t.num_workers, device)
     # BatchNorm cannot train on a batch of one: drop such a last training batch
     drop_last = train and len(dataset) % t.batch_size == 1
     return DataLoader(dataset, batch_size=t.batch_size if train else max(1, t.batch_size // 2),
-                      shuffle=train, drop_last=drop_last, num_workers=t.num_workers,
+                      shuffle=train, drop_last=drop_last, num_workers=workers,
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                       generator=torch.Generator().manual_seed(seed))
 
 

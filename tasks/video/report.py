@@ -32,6 +32,7 @@ from tasks.storage import read_json, write_json
 from tasks.train import predict
 from tasks.video.modeling import clip_loader, fresh_model
 from tasks.video.pipeline import PIPELINE
+from tasks.video.preprocess import normalize_clips
 from tasks.video.splits import ClipSplits, read_splits
 from tasks.video.training import MODEL_FILE, SUMMARY_FILE
 
@@ -123,8 +124,8 @@ def split_errors(model: nn.Module, splits: ClipSplits, settings: KineticsSetting
     for name, frame in frames.items():
         if frame.empty:
             continue
-        log_probs = predict(ViewAverage(model), clip_loader(frame, settings, seed, train=False),
-                            device)
+        loader = clip_loader(frame, settings, seed, train=False, device=device)
+        log_probs = predict(ViewAverage(model), loader, device, normalize_clips)
         errors[name] = float(np.mean(log_probs.argmax(axis=1) != frame["class_index"].to_numpy()))
     return errors
 
@@ -140,7 +141,7 @@ def evaluate_models(settings: KineticsSettings, common: CommonSettings, split_di
     classes = read_json(classes_path)
     splits = read_splits(split_dir)
     labels = splits.test["class_index"].to_numpy()
-    loader = clip_loader(splits.test, settings, common.seed, train=False)
+    loader = clip_loader(splits.test, settings, common.seed, train=False, device=device)
     names = [n for n in MODELS if (artifacts / n / MODEL_FILE).exists()]
     if "besnet" not in names:
         raise DataError("no trained BesNet; run kinetics_train first", path=artifacts)
@@ -152,7 +153,7 @@ def evaluate_models(settings: KineticsSettings, common: CommonSettings, split_di
     correct = {}
     for name in names:
         model = load_trained(name, settings, len(classes), artifacts)
-        log_probs = predict(ViewAverage(model), loader, device)
+        log_probs = predict(ViewAverage(model), loader, device, normalize_clips)
         scored = score(log_probs, labels, classes, common.seed, n_boot)
         if name == "baseline":
             metrics["baselines"]["frame_model"] = scored

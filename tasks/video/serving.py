@@ -23,6 +23,7 @@ from tasks.storage import read_json
 from tasks.train import predict
 from tasks.video.frames import extract_clip
 from tasks.video.modeling import clip_loader, fresh_model
+from tasks.video.preprocess import normalize_clips
 
 MODEL_CLASS = "tasks.video.serving:ActionModel"
 TOP_K = 5
@@ -72,7 +73,7 @@ class ActionModel(mlflow.pyfunc.PythonModel):
         with tempfile.TemporaryDirectory(prefix="reprolab-clips-") as tmp:
             index = extract_frames(paths, self.settings, Path(tmp))
             loader = clip_loader(index, self.settings, 0, train=False, root=Path(tmp))
-            return predict(self.network, loader, CPU)
+            return predict(self.network, loader, CPU, normalize_clips)
 
     def predict(self, context: Any, model_input: pd.DataFrame,
                 params: dict | None = None) -> pd.DataFrame:

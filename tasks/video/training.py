@@ -24,6 +24,7 @@ from tasks.logs import get_logger
 from tasks.storage import atomic_path, read_json, read_parquet, write_json
 from tasks.train import FitConfig, fit, seed_everything
 from tasks.video.modeling import clip_loader, fresh_model
+from tasks.video.preprocess import normalize_clips
 from tasks.video.splits import CLIPS_FILE, ClipSplits, read_splits
 
 MODEL_FILE, SUMMARY_FILE, SKIPPED_FILE = "model.pt", "train.json", "skipped.json"
@@ -63,15 +64,16 @@ def train_model(name: str, model: nn.Module, splits: ClipSplits, settings: Kinet
     """Fit `model` (early stopping on val loss, multi-view val) and return its summary; only a
     checkpoint of the same `identity` is resumed."""
     seed = common.seed
-    train_loader = clip_loader(splits.train, settings, seed, train=True)
-    val_loader = clip_loader(splits.val, settings, seed, train=False)
+    train_loader = clip_loader(splits.train, settings, seed, train=True, device=device)
+    val_loader = clip_loader(splits.val, settings, seed, train=False, device=device)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     result = fit(ViewAverage(model), train_loader, val_loader, nn.CrossEntropyLoss(),
                  FitConfig.from_settings(settings.train, seed), device,
                  on_epoch=lambda row: tracking.log_metrics(
                      {k: row[k] for k in ("train_loss", "val_loss", "lr", "seconds")},
                      step=row["epoch"]),
-                 checkpoint_path=checkpoint, checkpoint_identity=identity)
+                 checkpoint_path=checkpoint, checkpoint_identity=identity,
+                 prepare=normalize_clips)
     get_logger().info("%s: best epoch %d of %d (val loss %.4f)", name, result.best_epoch,
                       len(result.history), result.best_val_loss)
     return {"history": result.history, "best_epoch": result.best_epoch,

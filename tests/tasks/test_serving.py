@@ -194,13 +194,15 @@ def test_kinetics_pyfunc_ranks_clips_as_kinetics_evaluate_scores_them(kinetics):
     from models.layers import ViewAverage
     from tasks.train import predict
     from tasks.video.modeling import clip_loader
+    from tasks.video.preprocess import normalize_clips
     from tasks.video.report import load_trained
     from tasks.video.serving import top_classes
 
     settings, classes = kinetics["settings"], kinetics["classes"]
     model = load_trained("besnet", settings, len(classes), kinetics["weights"].parents[1])
     loader = clip_loader(kinetics["index"], settings, 0, train=False, root=kinetics["root"])
-    expected = top_classes(predict(ViewAverage(model), loader, CPU), classes, kinetics["clips"])
+    log_probs = predict(ViewAverage(model), loader, CPU, normalize_clips)
+    expected = top_classes(log_probs, classes, kinetics["clips"])
     served = pyfunc(kinetics)
     out = served.predict(pd.DataFrame({"path": kinetics["clips"]}))
     assert len(out) == 5 * len(kinetics["clips"]) and set(out["label"]) <= set(classes)

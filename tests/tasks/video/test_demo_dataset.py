@@ -13,8 +13,6 @@ from tasks.config import KineticsDataset, KineticsDemo
 from tasks.errors import DataError
 from tasks.media import probe_video
 from tasks.video.dataset import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ClipDataset,
     frame_name,
     read_video_frames,
@@ -30,6 +28,7 @@ from tasks.video.demo import (
     render_frames,
     sample_params,
 )
+from tasks.video.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize_clips
 
 CLASSES = ["approaching", "moving_left", "moving_right", "receding", "rotating_anticlockwise",
            "rotating_clockwise"]
@@ -229,10 +228,9 @@ def _dataset(frames_root, storage="jpeg", train=True, seed=0, **settings):
 
 
 def _pixels(clip: torch.Tensor) -> torch.Tensor:
-    """Undo the normalisation: (C, T, H, W) back to 0..255."""
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
-    return (clip * std + mean) * 255
+    """A uint8 (C, T, H, W) clip as 0..255 floats."""
+    assert clip.dtype == torch.uint8
+    return clip.float()
 
 
 def _frame_ids(clip: torch.Tensor, step: int) -> list[int]:
@@ -249,14 +247,14 @@ def test_shapes_for_any_k(frames_root, one_torch_thread, storage, k, sampling):
     counts = JPEG_FRAMES if storage == "jpeg" else [VIDEO_FRAMES]
     for i, n in enumerate(counts):
         clip, label = train[i]
-        assert clip.shape == (3, k, 32, 32) and clip.dtype == torch.float32
+        assert clip.shape == (3, k, 32, 32) and clip.dtype == torch.uint8
         assert label == train.labels[i]
         ids = _frame_ids(clip, GREEN_STEP[storage])
         assert all(0 <= j < n for j in ids)
         if sampling == "uniform":
             assert ids == sorted(ids)
         views, _ = test[i]
-        assert views.shape == (3, 3, k, 32, 32)
+        assert views.shape == (3, 3, k, 32, 32) and views.dtype == torch.uint8
         expected = view_indices(n, k, sampling, 3)
         got = [_frame_ids(v, GREEN_STEP[storage]) for v in views]
         assert got == expected.tolist()
@@ -272,12 +270,12 @@ def test_video_reader_seeks_to_late_frames(frames_root):
         assert round(green / GREEN_STEP["video"]) == j
 
 
-def test_values_are_imagenet_normalised(frames_root):
-    clip, _ = _dataset(frames_root, train=False)[0]
-    pixels = _pixels(clip[0])
-    assert clip.dtype == torch.float32
-    assert pixels.min() > -3 and pixels.max() < 258
+def test_values_are_imagenet_normalised_on_the_device_side(frames_root):
+    clips, _ = _dataset(frames_root, train=False)[0]
+    pixels = _pixels(clips[0])
     assert pixels[2].mean().item() == pytest.approx(128, abs=3)  # blue is 128 everywhere
+    clip = normalize_clips(clips)
+    assert clip.dtype == torch.float32 and clip.shape == clips.shape
     low = (0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     high = (1 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     for c in range(3):
