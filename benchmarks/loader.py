@@ -12,8 +12,9 @@ core = clips per CPU-second: the CPU time of this process and of the loader's wo
 how much of the time tasks waited for a CPU (Linux PSI). Measurements take turns (repeats
 interleaved, the best kept).
 Cores per GPU = the README's BesNet-50 step rate on one H200 (K = 8, 224 px) over clips/s per
-core of the train loader with one worker. Last, where a JPEG train item's time goes (decode,
-crop + resize, stack), with torch's uint8 antialiased resize beside PIL's for comparison.
+core of the train loader with one worker. Last, where a JPEG train item's time goes (decode, the
+resize plan and the box's pixels) and what the resize it hands to the device costs there (timed
+on this CPU) beside PIL's box resize that the item ran before.
 
     python -m benchmarks.loader [--seconds 1.5] [--repeats 2] [--max-workers N] [--frames 8,16]
         [--storage jpeg,video]
@@ -35,7 +36,6 @@ import av
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from benchmarks.video_step import cpu_stall_seconds
@@ -43,7 +43,6 @@ from tasks.config import KineticsDataset, KineticsFrames, KineticsSettings, Kine
 from tasks.media import ffmpeg_path
 from tasks.video.dataset import (
     ClipDataset,
-    crop_views,
     frame_name,
     random_resized_box,
     train_indices,
@@ -51,6 +50,7 @@ from tasks.video.dataset import (
 )
 from tasks.video.frames import extract_clip
 from tasks.video.modeling import available_cores, clip_loader
+from tasks.video.resample import BoxPlan, collate_resize
 
 # README "Benchmarks": BesNet-50 train step on one H200, batch 32 x 8 x 224 x 224, bf16
 STEP_RATES = {"eager": 373.0, "compiled": 655.0}
@@ -216,41 +216,45 @@ def measurements(root: Path, case: Case, workers: list[int],
 
 
 def where_time_goes(root: Path, source: Source, k: int, seconds: float) -> dict[str, float]:
-    """ms per train clip (K frames, crop 224) of each part: decode, crop + resize, stack; and,
-    for comparison only, torch's uint8 antialiased bilinear resize of the same boxes (AVX2; it
-    equals PIL's inside the crop but not on its border rows and columns, where PIL's box resize
-    also weighs the pixels just outside the box, so the project does not use it)."""
+    """CPU ms per train clip (K frames, crop 224) of each part of the item: decode, and its share
+    of the resize (the plan and the source pixels the box reads). Then, outside the item: the
+    resize's weighted sums as the training loop runs them on the device (ResizeBatch.resize),
+    timed here on this CPU with one thread, and PIL's box resize of the same frames, which the
+    item ran before the resize moved (the same pixels, bit for bit)."""
     folder = root / source.path
     frames = {}
     for i in range(source.n_frames):
         with Image.open(folder / frame_name(i)) as img:
             frames[i] = img.convert("RGB")
     width, height = frames[0].size
-    pixels = torch.from_numpy(np.stack([np.asarray(frames[i]) for i in range(len(frames))]))
+    pixels = {i: np.asarray(img) for i, img in frames.items()}
 
-    def draw(turn: int) -> tuple[list[int], tuple[float, float, float, float]]:
+    def draw(turn: int) -> tuple[list[int], BoxPlan, tuple[float, float, float, float]]:
         rng = np.random.default_rng([SEED, turn // ROWS, turn % ROWS])
         indices = train_indices(source.n_frames, k, "uniform", rng).tolist()
-        return indices, random_resized_box(width, height, rng)
+        box = random_resized_box(width, height, rng)
+        return indices, BoxPlan.of(width, height, box, CROP), box
 
-    def resize(turn: int) -> None:
-        indices, box = draw(turn)
+    def plan_and_pixels(turn: int) -> None:
+        indices, plan, _ = draw(turn)
+        np.stack([plan.source(pixels[i]) for i in indices])
+
+    def pil_resize(turn: int) -> None:
+        indices, _, box = draw(turn)
         for i in indices:
-            crop_views(frames[i], [box], CROP)
+            frames[i].resize((CROP, CROP), Image.Resampling.BILINEAR, box=box)
 
-    def resize_torch(turn: int) -> None:
-        indices, box = draw(turn)
-        x0, y0, x1, y1 = (round(v) for v in box)
-        clip = pixels[indices, y0:y1, x0:x1].permute(0, 3, 1, 2)  # channels-last uint8
-        out = F.interpolate(clip, size=(CROP, CROP), mode="bilinear", antialias=True)
-        out.permute(1, 0, 2, 3).contiguous()  # (C, T, H, W)
-
-    crops = [crop_views(frames[i], [(10, 10, 250, 250)], CROP)[0] for i in range(k)]
+    batches = []
+    for turn in range(ROWS):
+        indices, plan, _ = draw(turn)
+        batches.append(collate_resize([(np.stack([plan.source(pixels[i]) for i in indices]),
+                                        plan, 0)])[0])
     parts = {"decode": lambda t: decode(root, source, train_frames(source.n_frames, k, t)),
-             "crop + resize to planes (PIL)": resize,
-             "stack (uint8 C, T, H, W)": lambda t: np.stack(crops, axis=1)}
+             "resize plan + the box's pixels": plan_and_pixels}
     ms = {name: 1e3 / per_second(work, seconds) for name, work in parts.items()}
-    ms["not used: torch uint8 resize + stack"] = 1e3 / per_second(resize_torch, seconds)
+    ms["device: resize (here on this CPU)"] = 1e3 / per_second(
+        lambda t: batches[t % ROWS].resize(), seconds)
+    ms["before: PIL box resize in the item"] = 1e3 / per_second(pil_resize, seconds)
     return ms
 
 
@@ -348,18 +352,17 @@ def main() -> None:
     print_table(best, workers)
     if parts:
         total = 1e3 / best[f"jpeg K={ks[0]}"]["train item"]
-        alternative = parts.pop("not used: torch uint8 resize + stack")
+        device = parts.pop("device: resize (here on this CPU)")
+        before = parts.pop("before: PIL box resize in the item")
         print()
         print(f"where a jpeg K={ks[0]} train item's time goes, CPU ms per clip (item "
               f"{total:.2f}):")
         for name, ms in parts.items():
             print(f"  {name:34}{ms:>8.2f}")
         print(f"  {'the rest':34}{total - sum(parts.values()):>8.2f}")
-        resize = parts["crop + resize to planes (PIL)"] + parts["stack (uint8 C, T, H, W)"]
-        print(f"  not used: torch uint8 antialiased resize + stack {alternative:.2f} ms (differs "
-              f"from PIL on crop borders); with it the item would be ~"
-              f"{parts['decode'] / (total - resize + alternative):.2f} of decode-only")
-
+        print(f"not in the item: the resize's weighted sums, run by the training loop on the "
+              f"device: {device:.2f} ms a clip on this CPU (1 thread); PIL's box resize of the "
+              f"same frames, which the item ran before (same pixels): {before:.2f} ms")
 
 if __name__ == "__main__":
     main()

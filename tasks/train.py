@@ -173,20 +173,20 @@ def _split_batch(batch: Sequence[torch.Tensor], device: torch.device,
                  ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """(inputs..., target) -> (inputs, target) on `device`; a one-element batch is inputs only.
 
-    The copies are non-blocking (asynchronous from a loader's pinned memory on CUDA). On CUDA,
-    4-D and 5-D inputs (images, clips) take the channels-last layout like the model; then
-    `prepare`, if given, turns each input into the model's (e.g. uint8 clips -> normalised
-    float32), on the device.
+    The copies are non-blocking (asynchronous from a loader's pinned memory on CUDA); inputs
+    need only `.to(device, non_blocking=...)`. `prepare`, if given, turns each input into the
+    model's on the device (e.g. uint8 clips, or a batch still to be resized, -> normalised
+    float32); then on CUDA, 4-D and 5-D inputs take the channels-last layout like the model.
     """
     tensors = [t.to(device, non_blocking=True) for t in batch]
     if len(tensors) == 1:
         inputs, target = tensors, None
     else:
         inputs, target = tensors[:-1], tensors[-1]
-    if device.type == "cuda":
-        inputs = [_channels_last(t) for t in inputs]
     if prepare is not None:
         inputs = [prepare(t) for t in inputs]
+    if device.type == "cuda":
+        inputs = [_channels_last(t) for t in inputs]
     return inputs, target
 
 

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from tasks.config import KineticsDataset
 from tasks.errors import DataError
+from tasks.video.resample import BoxPlan, collate_resize
 
 CROP_SCALE = (0.5, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -241,6 +242,17 @@ def crop_views(img: Image.Image, boxes: list[Box], crop: int, shrink: int = 1
     return views
 
 
+def box_pixels(frames: list[Image.Image], plan: BoxPlan) -> np.ndarray:
+    """(K, h, w, C) uint8: the pixels of each frame that `plan` reads, cut out by PIL (a row
+    copy) and written once into the clip's array."""
+    region = (plan.x.start, plan.y.start, plan.x.stop, plan.y.stop)
+    out = np.empty((len(frames), plan.y.stop - plan.y.start, plan.x.stop - plan.x.start, 3),
+                   dtype=np.uint8)
+    for t, img in enumerate(frames):
+        out[t] = np.frombuffer(img.crop(region).tobytes(), dtype=np.uint8).reshape(out.shape[1:])
+    return out
+
+
 # ------------------------------------------------------------------ dataset
 class ClipDataset(Dataset):
     """Index rows (path relative to `root`) -> (uint8 clip tensor, class_index)."""
@@ -309,12 +321,26 @@ class ClipDataset(Dataset):
             return decode_jpeg_frames(frames, draft_shrink(boxes, self.settings.crop))
         return {j: (img, 1) for j, img in frames.items()}
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        clip = self._train_clip(i) if self.train else self._test_views(i)
-        return torch.from_numpy(clip), self.labels[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | tuple[np.ndarray, BoxPlan, int]:
+        """Test: (every view as uint8 (V, C, K, H, W), label). Train: (the source pixels of the
+        random box in the K frames as (K, h, w, C) uint8, the plan of its resize, label), which
+        `collate_resize` batches and `ResizeBatch.resize` finishes on the device."""
+        if self.train:
+            source, plan = self._train_clip(i)
+            return source, plan, self.labels[i]
+        return torch.from_numpy(self._test_views(i)), self.labels[i]
 
-    def _train_clip(self, i: int) -> np.ndarray:
-        """(C, K, H, W): K frames drawn for (seed, epoch, i), one random box, flipped or not."""
+    def clip(self, i: int) -> tuple[torch.Tensor, int]:
+        """Item i finished as the model's uint8 clip(s), with its label: a training item is
+        resized here, on the CPU, exactly as `ResizeBatch.resize` does on the device."""
+        if not self.train:
+            return self[i]
+        batch, labels = collate_resize([self[i]])
+        return batch.resize()[0], int(labels[0])
+
+    def _train_clip(self, i: int) -> tuple[np.ndarray, BoxPlan]:
+        """K frames drawn for (seed, epoch, i), one random box, flipped or not: the pixels the
+        box's resize reads, (K, h, w, C) uint8, and the plan of that resize."""
         s = self.settings
         rng = np.random.default_rng([self.seed, self.epoch, i])
         indices = train_indices(self.n_frames(i), s.frames, s.sampling, rng).tolist()
@@ -322,11 +348,14 @@ class ClipDataset(Dataset):
         width, height = next(iter(frames.values())).size
         box = random_resized_box(width, height, rng)
         flip = s.flip and rng.random() < 0.5
-        crops = {j: crop_views(img, [box], s.crop, shrink)[0]
-                 for j, (img, shrink) in self._decode(frames, [box]).items()}
-        if flip:
-            crops = {j: view[:, :, ::-1] for j, view in crops.items()}
-        return np.stack([crops[j] for j in indices], axis=1)
+        decoded = self._decode(frames, [box])
+        sizes = {img.size for img, _ in decoded.values()}
+        if len(sizes) > 1:
+            raise DataError(f"frames of different sizes {sorted(sizes)}",
+                            path=self.root / self.paths[i])
+        img, shrink = next(iter(decoded.values()))
+        plan = BoxPlan.of(img.width, img.height, tuple(v / shrink for v in box), s.crop, flip)
+        return box_pixels([decoded[j][0] for j in indices], plan), plan
 
     def _test_views(self, i: int) -> np.ndarray:
         """(n_crops * n_clips, C, K, H, W), crop-major: every test view of item i."""

@@ -15,6 +15,7 @@ from models.frame_baseline import FrameBaseline
 from tasks.config import KineticsSettings
 from tasks.errors import DataError
 from tasks.video.dataset import ClipDataset
+from tasks.video.resample import collate_resize
 
 CPU = torch.device("cpu")
 
@@ -77,8 +78,9 @@ def loader_workers(setting: int | str, device: torch.device) -> int:
 
 def clip_loader(frame: pd.DataFrame, settings: KineticsSettings, seed: int, train: bool,
                 root: Path = Path("."), device: torch.device = CPU) -> DataLoader:
-    """A DataLoader of (uint8 clip, label): one random view in training, every test view
-    otherwise; normalise the clips on `device` with tasks.video.preprocess.normalize_clips.
+    """A DataLoader of (clips, labels): in training one random view a clip, as a ResizeBatch
+    (the resize is left to the device), otherwise every test view as uint8; normalise (and
+    resize) them on `device` with tasks.video.preprocess.normalize_clips.
     For CUDA: pinned batches (asynchronous copies); workers, if any, persist across epochs."""
     dataset = ClipDataset(frame, root, settings.dataset, train=train, seed=seed,
                           storage=settings.frames.storage)
@@ -89,6 +91,7 @@ def clip_loader(frame: pd.DataFrame, settings: KineticsSettings, seed: int, trai
     return DataLoader(dataset, batch_size=t.batch_size if train else max(1, t.batch_size // 2),
                       shuffle=train, drop_last=drop_last, num_workers=workers,
                       pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                      collate_fn=collate_resize if train else None,
                       generator=torch.Generator().manual_seed(seed))
 
 

@@ -26,6 +26,7 @@ from tasks.video.dataset import (
 )
 from tasks.video.demo import demo_classes, render_frames, sample_params
 from tasks.video.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize_clips
+from tasks.video.resample import collate_resize
 from tests.conftest import ROOT
 
 DEMO = load_params(ROOT / "params.yaml").kinetics  # the demo's frames and views
@@ -108,7 +109,7 @@ def test_the_model_sees_the_values_it_saw_before_normalisation_moved(demo_frames
         for epoch in range(3 if train else 1):
             ds.set_epoch(epoch)
             for i in range(len(ds)):
-                clip, label = ds[i]
+                clip, label = ds.clip(i)
                 assert clip.dtype == torch.uint8 and label == index["class_index"][i]
                 assert torch.equal(normalize_clips(clip), old_item(ds, i)), (train, epoch, i)
 
@@ -167,7 +168,7 @@ def test_jpegs_are_decoded_smaller_only_where_every_box_is_over_twice_the_crop(t
     settings = KineticsDataset(frames=4, crop=64, test_clips=1)
     for train in (True, False):  # close to the full decode + bilinear resize, not equal
         ds = ClipDataset(index, tmp_path, settings, train=train, seed=0)
-        diff = (normalize_clips(ds[0][0]) - old_item(ds, 0)).abs() * 255 * 0.226
+        diff = (normalize_clips(ds.clip(0)[0]) - old_item(ds, 0)).abs() * 255 * 0.226
         assert diff.mean() < 2.0
 
 
@@ -185,14 +186,15 @@ def test_a_corrupt_frame_is_a_data_error_naming_it(tmp_path):
 def test_persistent_workers_follow_set_epoch(demo_frames):
     root, index = demo_frames
     ds = ClipDataset(index.head(3), root, DEMO.dataset, train=True, seed=0)
-    loader = DataLoader(ds, batch_size=None, num_workers=1, persistent_workers=True)
+    loader = DataLoader(ds, batch_size=1, num_workers=1, persistent_workers=True,
+                        collate_fn=collate_resize)
     for epoch in (0, 1, 2):
         ds.set_epoch(epoch)
-        got = [clip for clip, _ in loader]
-        want = [ds[i][0] for i in range(len(ds))]
+        got = [batch.resize()[0] for batch, _ in loader]
+        want = [ds.clip(i)[0] for i in range(len(ds))]
         assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True)), epoch
     assert not torch.equal(got[0], ClipDataset(index.head(3), root, DEMO.dataset, train=True,
-                                                seed=0)[0][0])  # epoch 2 draws other crops
+                                                seed=0).clip(0)[0])  # epoch 2: other crops
 
 
 def test_auto_workers_are_the_cores_but_one_on_cuda_and_none_on_cpu(monkeypatch):

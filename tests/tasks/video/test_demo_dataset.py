@@ -246,7 +246,7 @@ def test_shapes_for_any_k(frames_root, one_torch_thread, storage, k, sampling):
                     test_clips=3)
     counts = JPEG_FRAMES if storage == "jpeg" else [VIDEO_FRAMES]
     for i, n in enumerate(counts):
-        clip, label = train[i]
+        clip, label = train.clip(i)
         assert clip.shape == (3, k, 32, 32) and clip.dtype == torch.uint8
         assert label == train.labels[i]
         ids = _frame_ids(clip, GREEN_STEP[storage])
@@ -296,8 +296,8 @@ def test_no_flip_keeps_left_and_right(frames_root):
         plain.set_epoch(epoch)
         flips.set_epoch(epoch)
         for i in range(len(plain)):
-            seen_plain.append(_flipped(plain[i][0]))
-            seen_flip.append(_flipped(flips[i][0]))
+            seen_plain.append(_flipped(plain.clip(i)[0]))
+            seen_flip.append(_flipped(flips.clip(i)[0]))
     assert not any(seen_plain)
     assert any(seen_flip) and not all(seen_flip)
 
@@ -305,13 +305,13 @@ def test_no_flip_keeps_left_and_right(frames_root):
 def test_seeded_per_epoch_and_index(frames_root):
     a, b, c = (_dataset(frames_root, frames=4, seed=s) for s in (0, 0, 1))
     for i in range(len(a)):
-        torch.testing.assert_close(a[i][0], b[i][0], rtol=0, atol=0)
-    assert any(not torch.equal(a[i][0], c[i][0]) for i in range(len(a)))
-    first = [a[i][0] for i in range(len(a))]
+        torch.testing.assert_close(a.clip(i)[0], b.clip(i)[0], rtol=0, atol=0)
+    assert any(not torch.equal(a.clip(i)[0], c.clip(i)[0]) for i in range(len(a)))
+    first = [a.clip(i)[0] for i in range(len(a))]
     a.set_epoch(1)
-    assert any(not torch.equal(first[i], a[i][0]) for i in range(len(a)))
+    assert any(not torch.equal(first[i], a.clip(i)[0]) for i in range(len(a)))
     a.set_epoch(0)
-    assert all(torch.equal(first[i], a[i][0]) for i in range(len(a)))
+    assert all(torch.equal(first[i], a.clip(i)[0]) for i in range(len(a)))
     test_a, test_c = (_dataset(frames_root, train=False, seed=s) for s in (0, 1))
     test_a.set_epoch(3)
     assert torch.equal(test_a[0][0], test_c[0][0])  # test views do not depend on seed/epoch
