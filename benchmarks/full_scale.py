@@ -65,10 +65,10 @@ INPUTS: dict[str, Input] = {
     "frame_workers": Given(8, "processes", "profiles/kinetics-400.yaml kinetics.frames.workers"),
     "clip_frames": Given(8, "frames", "profiles/kinetics-400.yaml kinetics.dataset.frames (K)"),
     "epochs": Given(50, "epochs", "profiles/kinetics-400.yaml kinetics.train.epochs"),
-    "loader_jpeg": Measured(236, "clips/CPU-s", "benchmarks.loader, JPEG K = 8 train item, "
-                            "after the issue 14 change (2026-12; decode-only 365)"),
-    "loader_video": Measured(41, "clips/CPU-s", "benchmarks.loader, README loader table, mp4 K = 8 "
-                             "train item"),
+    "loader_jpeg": Measured(161, "clips/CPU-s", "benchmarks.loader, README loader table, JPEG "
+                            "K = 8 train loader, 1 worker (its and the main process's CPU)"),
+    "loader_video": Measured(43.5, "clips/CPU-s", "benchmarks.loader, README loader table, mp4 "
+                             "K = 8 train loader, 1 worker"),
     "besnet_eager": Measured(373, "clips/s", GPU_RUN + ", BesNet-50 eager"),
     "besnet_compiled": Measured(655, "clips/s", GPU_RUN + ", BesNet-50 torch.compile"),
     "gpus": Given(8, "GPUs", "the multi-GPU case planned for (one node)"),

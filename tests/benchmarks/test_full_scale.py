@@ -24,7 +24,7 @@ def test_outputs_follow_from_their_inputs():
     assert _figure("BesNet-50 compiled: full schedule, 1 GPU") == 240_000 / 655 / 3600 * 50
     assert math.isclose(_figure("BesNet-50 compiled: full schedule, 8 GPUs, wall"),
                         240_000 / 655 / 3600 * 50 / (8 * 0.9))
-    assert _figure("loader cores per GPU, jpeg, BesNet compiled") == 655 / 236
+    assert _figure("loader cores per GPU, jpeg, BesNet compiled") == 655 / 161
     assert _figure("requests") == math.ceil(10 * 365.25 * 1440 / 1000) == 5260
     assert math.isclose(_figure("question vectors end to end, this CPU"), 3.92 * 808_580 / 400_000)
 
