@@ -430,6 +430,8 @@ class KineticsTrain(TrainSettings):
     grad_accum: int = Field(1, ge=1)
     max_grad_norm: float | None = Field(None, gt=0)
     num_workers: int = Field(0, ge=0, description="DataLoader processes decoding frames")
+    compile: Literal["auto", True, False] = Field("auto", description=(
+        "torch.compile the model: auto = on CUDA, eager on CPU"))
 
 
 class KineticsEvaluate(Section):
