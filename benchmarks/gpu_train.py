@@ -1,13 +1,16 @@
 """GPU train step: BesNet-50 clips/s at batch 32, 224 x 224, bf16, K = 8 and 16 frames.
 
 For a lent GPU. Each case is one model at one clip length, in NCDHW (contiguous) or
-channels_last_3d, eager or torch.compile'd: a train step is forward + cross-entropy + backward +
+channels_last_3d, eager or compiled (the model's own compile(): BesNet's draws the dilations
+before its graph, which takes them as data): a train step is forward + cross-entropy + backward +
 AdamW under bf16 autocast, timed with CUDA events after warm-up (the first step, which holds
 cuDNN autotuning or compilation, is reported on its own). Peak memory is
 torch.cuda.max_memory_allocated over the case. FLOPs per clip come from torch's flop counter
 on one eager forward (a train step counts 3 x the forward); achieved FLOP/s is given as a share
-of a dense bf16 matmul measured in the same run. Rows are written to --out as JSON lines as they
-finish, so a run cut short keeps what it measured.
+of a dense bf16 matmul measured in the same run; `graphs` is how many graphs torch.compile made
+(random dilation: 1, like fixed). Rows are written to --out as JSON lines as they finish, so a
+run cut short keeps what it measured. The ratios at the end include compiled random / compiled
+fixed dilation (target <= 1.05).
 
     python -m benchmarks.gpu_train [--cases default|all] [--steps 10] [--out FILE]
 """
@@ -110,7 +113,9 @@ def forward_flops(model: nn.Module, clips: torch.Tensor) -> float:
 
 
 def step_fn(case: Case, model: nn.Module, clips: torch.Tensor, labels: torch.Tensor):
-    runner = torch.compile(model) if case.compiled else model
+    if case.compiled:
+        model.compile()  # as tasks/train.py's fit does (kinetics.train.compile)
+    runner = model
     if not ROWS[case.row].train:
         def forward() -> None:
             with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
@@ -130,6 +135,7 @@ def step_fn(case: Case, model: nn.Module, clips: torch.Tensor, labels: torch.Ten
 def run_case(case: Case, warmup: int, steps: int, peak: float) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
+    torch._dynamo.utils.counters.clear()
     model = build(case)
     clips, labels = clip_batch(case)
     flops = forward_flops(model, clips)
@@ -147,13 +153,31 @@ def run_case(case: Case, warmup: int, steps: int, peak: float) -> dict:
             "median_s": median, "best_s": min(seconds), "clips_per_s": BATCH / median,
             "gflops_per_clip": flops / 1e9, "tflops_per_s": work / median / 1e12,
             "of_peak": work / median / peak,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "graphs": torch._dynamo.utils.counters["stats"]["unique_graphs"]}
 
 
 def print_row(r: dict) -> None:
     print(f"{r['label']:78}{r['median_s']:>8.3f}{r['clips_per_s']:>9.1f}"
           f"{r['gflops_per_clip']:>8.0f}{r['tflops_per_s']:>8.0f}{r['of_peak']:>8.2f}"
-          f"{r['peak_gib']:>8.1f}{r['first_step_s']:>8.1f}", flush=True)
+          f"{r['peak_gib']:>8.1f}{r['first_step_s']:>8.1f}{r['graphs']:>7}", flush=True)
+
+
+# (label, numerator row, denominator row, compiled): step-time ratios at K = 8, channels_last_3d
+RATIOS = [("BesNet random / fixed dilation, eager", "besnet", "besnet-d1", False),
+          ("BesNet random / fixed dilation, compiled", "besnet", "besnet-d1", True),
+          ("BesNet random dilation / I3D-R50, eager", "besnet", "i3d", False)]
+
+
+def print_ratios(results: list[dict]) -> None:
+    """Step-time ratios of the rows measured, each with its target."""
+    times = {(r["row"], r["frames"], r["channels_last"], r["compiled"]): r["median_s"]
+             for r in results if "median_s" in r}
+    print(f"\n{'ratios (median step time, K=8, channels_last_3d)':52}{'ratio':>8}  target")
+    for label, num, den, compiled in RATIOS:
+        a, b = (times.get((row, 8, True, compiled)) for row in (num, den))
+        if a is not None and b is not None:
+            print(f"{label:52}{a / b:>8.2f}  <= 1.05", flush=True)
 
 
 def main() -> None:
@@ -170,8 +194,9 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, batch {BATCH} x 3 x K x "
           f"{SIZE} x {SIZE}, bf16 autocast; dense bf16 matmul {peak / 1e12:.0f} TFLOP/s")
     print(f"{'':78}{'step s':>8}{'clips/s':>9}{'GFLOPs':>8}{'TFLOP/s':>8}{'of peak':>8}"
-          f"{'GiB':>8}{'1st s':>8}")
+          f"{'GiB':>8}{'1st s':>8}{'graphs':>7}")
     cases = default_cases() if args.cases == "default" else all_cases()
+    results = []
     for case in cases:
         try:
             result = run_case(case, args.warmup, args.steps, peak)
@@ -182,9 +207,11 @@ def main() -> None:
             print_row(result)
         finally:
             torch._dynamo.reset()  # compiled graphs hold their model; free it for the next case
+        results.append(result)
         if args.out:
             with args.out.open("a") as out:
                 out.write(json.dumps(result) + "\n")
+    print_ratios(results)
 
 
 if __name__ == "__main__":

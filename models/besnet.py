@@ -76,10 +76,19 @@ class Bottleneck3d(nn.Module):
         out = self.bn3(self.conv3(out))
         return self.act_out(add_residual(identity, out, self.residual_scale))
 
+    def random_dilation_convs(self) -> list[RandomDilationConv3d]:
+        """The block's random-dilation convs in the order forward runs them (shortcut first)."""
+        convs = [*(self.downsample or ()), self.conv1, self.conv2, self.conv3]
+        return [c for c in convs if isinstance(c, RandomDilationConv3d) and c.mode == "random"]
+
 
 class BesNet(nn.Module):
     """ResNet-50 with 1x1 -> 3x1x1 random-dilation convs and 3x3 -> 1x3x3; T kept to the end,
-    then spatial mean, temporal max, dropout, fc. variant="i3d": 1x1x1 and 3x3x3 convs instead."""
+    then spatial mean, temporal max, dropout, fc. variant="i3d": 1x1x1 and 3x3x3 convs instead.
+
+    In training, each public forward (forward, features, feature_maps) first draws every 3x1x1
+    conv's dilation (draw_dilations), then runs the network; `compile()` compiles only the
+    latter, which reads the drawn dilations as data: one graph, no break, for every draw."""
 
     def __init__(self, num_classes: int = 400, layers: Sequence[int] = (3, 4, 6, 3),
                  dilations: Sequence[int] = DEFAULT_DILATIONS,
@@ -136,6 +145,10 @@ class BesNet(nn.Module):
         self.dropout = _dropout(activation, dropout)
         self.fc = nn.Linear(inplanes, num_classes)
         self._init_weights(activation)
+        for conv in self.modules():
+            if isinstance(conv, RandomDilationConv3d):
+                conv.drawn_by_owner = True  # draw_dilations, outside any compiled region
+        self._compiled_logits: Callable[[torch.Tensor], torch.Tensor] | None = None
         if self.channels_last_on_cpu:
             # weights in the activations' layout: the convs then copy none of them, and the
             # weight gradients come out in the weights' own layout
@@ -152,19 +165,50 @@ class BesNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def random_dilation_convs(self) -> list[RandomDilationConv3d]:
+        """The random-dilation convs in the order a forward runs them."""
+        stages = (self.layer1, self.layer2, self.layer3, self.layer4)
+        return [conv for stage in stages for block in stage
+                for conv in block.random_dilation_convs()]
+
+    def draw_dilations(self) -> list[int]:
+        """In training, draw each random-dilation conv's dilation for the next forward, in the
+        order the convs run (one torch.randint each, as when each conv drew its own)."""
+        if not self.training:
+            return []
+        return [conv.draw() for conv in self.random_dilation_convs()]
+
+    def compile(self, *args, **kwargs) -> None:
+        """torch.compile forward after its dilation draw (arguments as torch.compile's); the
+        graph takes the drawn dilations as data, so no draw recompiles it."""
+        self._compiled_logits = torch.compile(self._logits, *args, **kwargs)
+
     def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) -> layer4's (B, feature_dim, T, H/32, W/32); T is unchanged."""
+        self.draw_dilations()
+        return self._feature_maps(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) -> (B, feature_dim): spatial average, then temporal max."""
+        self.draw_dilations()
+        return self._features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.draw_dilations()
+        return (self._compiled_logits or self._logits)(x)
+
+    # the network proper, at the dilations drawn last
+    def _feature_maps(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last_on_cpu and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last_3d)
         x = self.maxpool(self.act(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) -> (B, feature_dim): spatial average, then temporal max."""
-        return self.feature_maps(x).mean(dim=(3, 4)).amax(dim=2)
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._feature_maps(x).mean(dim=(3, 4)).amax(dim=2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.features(x)))
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self._features(x)))
 
     def load_2d(self, state_dict_2d: Mapping[str, torch.Tensor],
                 strict_fc: bool = False) -> list[str]:

@@ -127,16 +127,49 @@ class RandomDilationConv3d(nn.Conv3d):
         self.fixed_dilation = int(fixed_dilation)
         self.temporal_padding = temporal_padding
         self.last_dilation: int | None = None  # the dilation the last training forward drew
+        # True when the owning network calls draw() before each training forward (BesNet
+        # does, ahead of its torch.compile'd region); False: every training forward draws
+        self.drawn_by_owner = False
+        # each dilation as a 0-d CPU tensor: the drawn one is what a compiled graph reads, as
+        # data, so one graph serves every draw (never written in place: autograd saves it)
+        self._dilation_tensors = tuple(torch.tensor(d) for d in self.dilations)
+        self.drawn_dilation = self._dilation_tensors[0]
+
+    def draw(self) -> int:
+        """Draw the dilation of the next training forward (one torch.randint on torch's global
+        RNG, so a seeded run draws the same dilations); returns it."""
+        return self.use_dilation(self.dilations[int(torch.randint(len(self.dilations), ()))])
+
+    def use_dilation(self, dilation: int) -> int:
+        """Set the dilation (one of `dilations`) of the next training forward; returns it."""
+        self.drawn_dilation = self._dilation_tensors[self.dilations.index(dilation)]
+        self.last_dilation = dilation
+        return dilation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "fixed":
             return self.conv_with(x, self.weight, self.fixed_dilation)
-        if self.training:
-            # torch's global RNG, so a seeded run draws the same dilations
-            index = int(torch.randint(len(self.dilations), ()))
-            self.last_dilation = self.dilations[index]
-            return self.conv_with(x, self.weight, self.last_dilation)
-        return self.averaged_output(x)
+        if not self.training:
+            return self.averaged_output(x)
+        if not self.drawn_by_owner:
+            self.draw()
+        if torch.compiler.is_compiling():  # read no int attribute here: it would be guarded on
+            return self.conv_drawn(x)
+        if self.last_dilation is None:
+            raise RuntimeError("drawn_by_owner is set: call draw() before a training forward")
+        return self.conv_with(x, self.weight, self.last_dilation)
+
+    def conv_drawn(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv at the drawn dilation, read as data (a tensor) by an opaque op: torch.compile
+        neither breaks its graph on the draw nor recompiles for another dilation."""
+        weight, bias = self.weight, self.bias
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # autocast passes custom ops by: cast as conv3d is
+            dtype = torch.get_autocast_dtype(device)
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+        return dilated_temporal_conv(x, weight, bias, self.drawn_dilation, self.stride[1],
+                                     self.temporal_padding == "replicate")
 
     def averaged_output(self, x: torch.Tensor) -> torch.Tensor:
         """The mean over the dilation set of each dilation's output (the test-time rule)."""
@@ -231,6 +264,85 @@ def temporal_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.
     return grad_w
 
 
+# ---------------------------------------------------------------- the conv at a dilation given as data
+def _temporal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   spatial_stride: int, dilation: int, replicate: bool) -> torch.Tensor:
+    """conv3d with a (taps, 1, 1) kernel at temporal `dilation`, padded (zeros or replicated
+    edges) to keep T."""
+    pad = dilation * (weight.shape[2] - 1) // 2
+    if replicate:
+        x, pad = nn.functional.pad(x, (0, 0, 0, 0, pad, pad), mode="replicate"), 0
+    return nn.functional.conv3d(x, weight, bias, (1, spatial_stride, spatial_stride),
+                                (pad, 0, 0), (dilation, 1, 1))
+
+
+def _strided_like(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`tensor` in `like`'s strides (what the fake implementations promise torch.compile)."""
+    if tensor.stride() == like.stride():
+        return tensor
+    return torch.empty_like(like).copy_(tensor)
+
+
+@torch.library.custom_op("reprolab::dilated_temporal_conv", mutates_args=())
+def dilated_temporal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          dilation: torch.Tensor, spatial_stride: int,
+                          replicate: bool) -> torch.Tensor:
+    """RandomDilationConv3d's training conv with the dilation as a 0-d CPU tensor: opaque to
+    torch.compile, which calls conv3d (cuDNN, oneDNN) here as it would for a fixed dilation."""
+    return _temporal_conv(x, weight, bias, spatial_stride, int(dilation), replicate)
+
+
+@dilated_temporal_conv.register_fake
+def _(x, weight, bias, dilation, spatial_stride, replicate):
+    return _temporal_conv(x, weight, bias, spatial_stride, 1, replicate)  # every d keeps T
+
+
+@torch.library.custom_op("reprolab::dilated_temporal_conv_backward", mutates_args=())
+def dilated_temporal_conv_backward(grad_out: torch.Tensor, x: torch.Tensor,
+                                   weight: torch.Tensor, dilation: torch.Tensor,
+                                   spatial_stride: int, replicate: bool
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad of x, grad of weight) of dilated_temporal_conv; on CPU the weight gradient is
+    temporal_weight_grad's, as in eager training."""
+    d = int(dilation)
+    pad = d * (weight.shape[2] - 1) // 2
+    inp, conv_pad = x, pad
+    if replicate:
+        inp, conv_pad = nn.functional.pad(x, (0, 0, 0, 0, pad, pad), mode="replicate"), 0
+    stride, on_cpu = (1, spatial_stride, spatial_stride), x.device.type == "cpu"
+    grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+        grad_out, inp, weight, None, stride, (conv_pad, 0, 0), (d, 1, 1), False, (0, 0, 0), 1,
+        (True, not on_cpu, False))
+    if on_cpu:
+        grad_w = temporal_weight_grad(grad_out, inp, weight, spatial_stride, conv_pad, d)
+    if replicate:
+        grad_x = torch.ops.aten.replication_pad3d_backward(grad_x, x, [0, 0, 0, 0, pad, pad])
+    return _strided_like(grad_x, x), _strided_like(grad_w, weight)
+
+
+@dilated_temporal_conv_backward.register_fake
+def _(grad_out, x, weight, dilation, spatial_stride, replicate):
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
+def _conv_setup_context(ctx, inputs, output) -> None:
+    x, weight, bias, dilation, spatial_stride, replicate = inputs
+    ctx.save_for_backward(x, weight, dilation)
+    ctx.conf = spatial_stride, replicate, bias is not None
+
+
+def _conv_backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    x, weight, dilation = ctx.saved_tensors
+    spatial_stride, replicate, has_bias = ctx.conf
+    grad_x, grad_w = dilated_temporal_conv_backward(grad_out, x, weight, dilation,
+                                                    spatial_stride, replicate)
+    grad_b = grad_out.sum(dim=(0, 2, 3, 4)) if has_bias else None
+    return grad_x, grad_w, grad_b, None, None, None
+
+
+dilated_temporal_conv.register_autograd(_conv_backward, setup_context=_conv_setup_context)
+
+
 class ViewAverage(nn.Module):
     """Multi-view testing around a clip model: (B, C, T, H, W) -> the model's logits as they are;
     (B, V, C, T, H, W) -> log of the softmax averaged over the V views (crops x clips)."""
@@ -238,6 +350,11 @@ class ViewAverage(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+
+    def compile(self, *args, **kwargs) -> None:
+        """Compile the wrapped model by its own compile() (BesNet's keeps its dilation draw
+        outside the graph); the view averaging stays eager."""
+        self.model.compile(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 6:

@@ -431,6 +431,8 @@ class KineticsTrain(TrainSettings):
     max_grad_norm: float | None = Field(None, gt=0)
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field("auto", description=(
         "DataLoader processes decoding clips; auto: cores - 1 on CUDA, 0 on the CPU"))
+    compile: Literal["auto", True, False] = Field("auto", description=(
+        "torch.compile the model: auto = on CUDA, eager on CPU"))
 
 
 class KineticsEvaluate(Section):

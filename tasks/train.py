@@ -108,6 +108,7 @@ class FitConfig:
     max_grad_norm: float | None = None
     momentum: float = 0.9  # SGD only
     diagnostics_every: int | None = None  # tasks/diagnostics.py, every N optimiser steps
+    compile: Literal["auto"] | bool = False  # model.compile(); "auto": on CUDA only
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -117,6 +118,7 @@ class FitConfig:
             "warmup_epochs": 0 <= self.warmup_epochs, "grad_accum": self.grad_accum >= 1,
             "max_grad_norm": self.max_grad_norm is None or self.max_grad_norm > 0,
             "diagnostics_every": self.diagnostics_every is None or self.diagnostics_every >= 1,
+            "compile": self.compile in ("auto", True, False),
         }
         for name, ok in checks.items():
             if not ok:
@@ -195,6 +197,11 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def compiles(setting: Literal["auto"] | bool, device: torch.device) -> bool:
+    """Whether `fit` compiles the model: "auto" on CUDA only (on CPU eager is as fast)."""
+    return setting is True or (setting == "auto" and device.type == "cuda")
 
 
 def _make_optimizer(model: nn.Module, config: FitConfig) -> torch.optim.Optimizer:
@@ -330,6 +337,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
                 if checkpoint_path is not None else "")
     seed_everything(config.seed)  # every rank alike, so rank 0's saved RNG state fits them all
     _to_device(model, device)
+    if compiles(config.compile, device):
+        model.compile()  # nn.Module.compile, or the model's own (BesNet: after its draw)
     net: nn.Module = model  # what runs forward and backward; `model` holds the state dicts
     if n_ranks > 1:
         rank = distributed.rank()

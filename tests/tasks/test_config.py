@@ -30,6 +30,8 @@ def test_repo_params_load_with_every_section():
     ({"crypto.symbols": ["BTCUSDT"]}, "crypto.symbols: 'BTCUSDT' is not a unified symbol"),
     ({"crypto.source": "file"}, "crypto: source 'file' needs crypto.file.path"),
     ({"common.device": "tpu"}, "common.device: Input should be 'auto', 'cpu' or 'cuda'"),
+    ({"kinetics.train.compile": "sometimes"},
+     "kinetics.train.compile: Input should be 'auto', True or False"),
     ({"crypto.live.since": "last tuesday"}, "crypto.live.since: not an ISO-8601 date/time"),
 ])
 def test_bad_values_name_the_key_path(override, expected):

@@ -15,6 +15,7 @@ from tasks.train import (
     _channels_last,
     _split_batch,
     _to_device,
+    compiles,
     fit,
     predict,
     resolve_device,
@@ -111,6 +112,21 @@ def test_fit_config_from_settings_and_validation():
         FitConfig(epochs=1, lr=0.1, optimizer="adam")
     with pytest.raises(ConfigError, match="train.grad_accum"):
         FitConfig(epochs=1, lr=0.1, grad_accum=0)
+    with pytest.raises(ConfigError, match="train.compile"):
+        FitConfig(epochs=1, lr=0.1, compile="sometimes")
+
+
+def test_compile_auto_means_cuda_only_and_fit_compiles_when_told(monkeypatch):
+    cuda = torch.device("cuda")
+    assert compiles("auto", cuda) and not compiles("auto", CPU)
+    assert compiles(True, CPU) and not compiles(False, cuda)
+    train, val, _ = _loaders(signal=True, n_train=64)
+    for setting, expected in (("auto", 0), (False, 0), (True, 1)):
+        model, calls = _model("mlp"), []
+        monkeypatch.setattr(model, "compile", lambda *a, calls=calls, **k: calls.append(k))
+        fit(model, train, val, nn.BCEWithLogitsLoss(),
+            FitConfig(epochs=1, lr=1e-3, compile=setting, seed=0), CPU)
+        assert len(calls) == expected, setting
 
 
 def test_channels_last_layout_for_4d_and_5d_tensors_only():
