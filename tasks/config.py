@@ -365,7 +365,7 @@ class KineticsFrames(Section):
     fps: float = Field(8.0, gt=0)
     jpeg_quality: int = Field(5, ge=2, le=31, description="ffmpeg -q:v (2 best .. 31 worst)")
     workers: int = Field(2, ge=1, description="ffmpeg processes at once (one core each)")
-    batch_size: int = Field(8, ge=1, description="clips a Prefect task run")
+    batch_size: int = Field(32, ge=1, description="clips a Prefect task run")
 
 
 class KineticsDemo(Section):

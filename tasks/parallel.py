@@ -3,7 +3,8 @@
 Batches, not items, are the unit of a task run: Kinetics has ~650k clips, and one task run per
 clip would drown the Prefect database. The runner's worker count is the concurrency limit;
 across several flow runs, a Prefect tag concurrency limit on the task's tag caps it globally
-(`prefect concurrency-limit create kinetics-download 4`). Each of the `max_workers` batches
+(`prefect concurrency-limit create kinetics-download 4`); a tag with no limit is left off the
+task runs, so they do not ask the server for slots. Each of the `max_workers` batches
 running at once gets its share of this process's threads (tasks/threads.py).
 """
 from __future__ import annotations
@@ -57,6 +58,26 @@ def shared_prefect_api() -> Iterator[None]:
         yield
 
 
+def tags_with_limits(task: Task) -> Task:
+    """`task` keeping only the tags that have a concurrency limit on the API server (as
+    `prefect concurrency-limit create TAG N` makes). The engine asks the server for a slot for
+    every tag of every task run; on SQLite two asks at once collide ("database is locked") and
+    the client retries ~2 s later, with no limit to keep. A limit made during a run applies
+    from the next run."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    kept = set()
+    with get_client(sync_client=True) as client:
+        for tag in task.tags:
+            try:
+                client.read_global_concurrency_limit_by_name(f"tag:{tag}")
+            except ObjectNotFound:
+                continue
+            kept.add(tag)
+    return task if kept == set(task.tags) else task.with_options(tags=kept)
+
+
 def task_runner(common: CommonSettings | None, max_workers: int) -> TaskRunner:
     """Threads (default), a local Dask cluster of `max_workers` processes, or `dask_address`."""
     if common is None or common.task_runner == "threads":
@@ -101,7 +122,7 @@ def map_batches(task: Task, items: Sequence[T], batch_size: int, max_workers: in
     # environment of a local Dask cluster's workers (it wins over Dask's one thread a worker)
     with shared_prefect_api(), thread_share(max_workers), \
             task_runner(common, max_workers) as runner:
-        futures = runner.map(task, parameters=parameters)
+        futures = runner.map(tags_with_limits(task), parameters=parameters)
         by_id = {future.task_run_id: batch for future, batch in zip(futures, batches, strict=True)}
         for future in as_completed(futures):
             yield by_id[future.task_run_id], future.result()

@@ -1,7 +1,9 @@
 """The failure ledger: which clips failed at which stage, why, how often, and whether for good.
 
 One parquet file with LEDGER_COLUMNS, one row per (clip_id, stage). Downloads run in threads, so
-every method takes a lock; `save()` writes atomically (a reader never sees half a file).
+every method takes a lock; `save()` writes atomically (a reader never sees half a file), and
+`save_changes()` writes only when something changed since the last load or save (a stage saves
+after every batch, and a batch that fails nothing changes nothing).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class Ledger:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._rows: dict[tuple[str, str], dict] = {}
+        self._changed = False
         self.load()
 
     def load(self) -> Ledger:
@@ -55,7 +58,7 @@ class Ledger:
                        "attempts": int(rec["attempts"]), "last_try": rec["last_try"]}
                 rows[(rec["clip_id"], rec["stage"])] = rec
         with self._lock:
-            self._rows = rows
+            self._rows, self._changed = rows, False
         return self
 
     def record(self, clip_id: str, stage: str, reason: str, permanent: bool) -> int:
@@ -68,12 +71,14 @@ class Ledger:
             self._rows[(clip_id, stage)] = {
                 "clip_id": str(clip_id), "stage": stage, "reason": str(reason),
                 "permanent": bool(permanent), "attempts": attempts, "last_try": now}
+            self._changed = True
         return attempts
 
     def clear(self, clip_id: str, stage: str) -> None:
         """Forget the failure of a clip at a stage (it has since succeeded)."""
         with self._lock:
-            self._rows.pop((clip_id, stage), None)
+            if self._rows.pop((clip_id, stage), None) is not None:
+                self._changed = True
 
     def failed(self, stage: str) -> set[str]:
         """Clip ids that failed for good at `stage`."""
@@ -102,8 +107,17 @@ class Ledger:
     def save(self) -> Path:
         """Write the ledger atomically."""
         with self._lock:
-            frame = self._frame_unlocked()
-            return write_parquet(frame, self.path)
+            path = write_parquet(self._frame_unlocked(), self.path)
+            self._changed = False
+            return path
+
+    def save_changes(self) -> bool:
+        """Write the ledger atomically if it changed since the last load or save; True if so."""
+        with self._lock:
+            if not self._changed:
+                return False
+        self.save()
+        return True
 
     @property
     def frame(self) -> pd.DataFrame:

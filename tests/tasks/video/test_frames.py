@@ -149,6 +149,74 @@ def test_extract_all_records_failures_and_rerun_skips_done(tmp_path):
     assert ids[4] not in set(ledger.frame["clip_id"])
 
 
+def test_a_crash_mid_batch_keeps_what_was_recorded_and_a_rerun_redoes_nothing_done(
+        tmp_path, portrait_clip, monkeypatch):
+    import tasks.video.frames as frames_module
+
+    clips, frames, ledger_path = tmp_path / "clips", tmp_path / "frames", tmp_path / "l.parquet"
+    ids = [f"synth{i:06d}_000000_000003" for i in range(6)]
+    _place_clips(clips, ids[1:], src=portrait_clip)
+    (clips / "arm_wrestling" / f"{ids[0]}.mp4").write_text("not a video\n")
+    # one worker, batches of two in order: [bad, good], [good, crash], [good, good]
+    settings = KineticsFrames(fps=5, short_side=64, workers=1, batch_size=2)
+    extract_row = frames_module._extract_row
+
+    def crash_on_fourth(row, *args):
+        if row["clip_id"] == ids[3]:
+            raise RuntimeError("killed mid-batch")
+        return extract_row(row, *args)
+
+    monkeypatch.setattr(frames_module, "_extract_row", crash_on_fourth)
+    with pytest.raises(RuntimeError, match="killed mid-batch"):
+        extract_all(_manifest(ids), clips, frames, settings, Ledger(ledger_path))
+    assert Ledger(ledger_path).failed("frames") == {ids[0]}  # the first batch was saved
+    done = {d.name: (d / ".meta.json").stat().st_mtime_ns
+            for d in (frames / "arm_wrestling").iterdir() if not d.name.startswith(".")}
+    assert {ids[1], ids[2]} <= set(done) and ids[3] not in done
+
+    monkeypatch.setattr(frames_module, "_extract_row", extract_row)
+    again = extract_all(_manifest(ids), clips, frames, settings, Ledger(ledger_path))
+    assert (again["skipped"], again["extracted"], again["failed"]) == (len(done), 5 - len(done), 1)
+    assert all((frames / "arm_wrestling" / c / ".meta.json").stat().st_mtime_ns == t
+               for c, t in done.items())  # nothing done was redone
+    assert Ledger(ledger_path).attempts(ids[0], "frames") == 2 and _leftovers(frames) == []
+
+
+_ORPHAN = """
+import subprocess, sys, time
+sys.path.insert(0, {root!r})
+from tasks.video.frames import dying_with_parent
+args, preexec = dying_with_parent(["sleep", "60"])
+print(subprocess.Popen(args, preexec_fn=preexec).pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_spawned_ffmpeg_dies_with_the_process_that_started_it():
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN.format(root=str(ROOT))],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert _running(child)
+    finally:
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        parent.stdout.close()
+    deadline = time.monotonic() + 10
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(child)
+
+
 _CHILD = """
 import sys
 sys.path.insert(0, {root!r})
