@@ -128,6 +128,9 @@ class ResizeBatch:
         """The resized clips, (B, C, K, size, size) uint8, on the batch's device."""
         b, k, _, _, c = self.source.shape
         size = self.plans.shape[2]
+        if bool(self.vertical_first.all()) or not bool(self.vertical_first.any()):
+            order = bool(self.vertical_first[0]) if b else False  # one order: no regrouping
+            return _resize(self.source, self.plans, order).permute(0, 2, 1, 3, 4)
         out = torch.empty((b, k, c, size, size), dtype=torch.uint8, device=self.source.device)
         for vertical_first in (False, True):
             rows = (self.vertical_first == vertical_first).nonzero().flatten()
