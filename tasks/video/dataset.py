@@ -6,10 +6,12 @@ would swap). Test: `test_clips` evenly spaced views of K frames, short side resi
 three crops along the long side), stacked as (n_crops * n_clips, C, K, H, W). Randomness comes from (seed, epoch, index) only.
 
 The item path does the least work per clip: only the K frames are decoded (a JPEG by DCT scaling
-at 1/2..1/8 size when every box is over twice the crop), each is cropped and resized once per
-box straight into colour planes (a box of exactly the crop size is cut out: the bilinear resize
-is the identity there), and the clip leaves as uint8; the float conversion and ImageNet
-normalisation run on the device (tasks/video/preprocess.py).
+at 1/2..1/8 size when every box is over twice the crop). A training item leaves its box's resize
+to the device: it hands over the pixels the box reads and Pillow's plan for the resize
+(tasks/video/resample.py). Test views are resized here, once per box, straight into colour
+planes (a box of exactly the crop size is cut out: the bilinear resize is the identity there).
+Clips leave as uint8; the float conversion and ImageNet normalisation run on the device
+(tasks/video/preprocess.py).
 """
 from __future__ import annotations
 

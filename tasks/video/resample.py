@@ -100,7 +100,7 @@ class BoxPlan:
 @dataclass
 class ResizeBatch:
     """A training batch before its resize: `source` (B, K, H, W, C) uint8, each clip's source
-    pixels at the top left (zero padding after), `plans` (B, 4, size, taps) int32 and
+    pixels at the top left (the padding after is never read), `plans` (B, 4, size, taps) int32 and
     `vertical_first` (B,) bool. Moves like a tensor (`to`, `pin_memory`); `resize` gives
     (B, C, K, size, size) uint8."""
 
@@ -125,17 +125,17 @@ class ResizeBatch:
         return self.source.device
 
     def resize(self) -> torch.Tensor:
-        """The resized clips, (B, C, K, size, size) uint8, on the batch's device."""
+        """The resized clips, (B, C, K, size, size) uint8, on the batch's device: each pass
+        order's clips together (the whole batch at once when it has one order)."""
+        groups = [(order, rows) for order in (False, True)
+                  if len(rows := (self.vertical_first == order).nonzero().flatten())]
+        if len(groups) == 1:
+            return _resize(self.source, self.plans, groups[0][0]).permute(0, 2, 1, 3, 4)
         b, k, _, _, c = self.source.shape
         size = self.plans.shape[2]
-        if bool(self.vertical_first.all()) or not bool(self.vertical_first.any()):
-            order = bool(self.vertical_first[0]) if b else False  # one order: no regrouping
-            return _resize(self.source, self.plans, order).permute(0, 2, 1, 3, 4)
         out = torch.empty((b, k, c, size, size), dtype=torch.uint8, device=self.source.device)
-        for vertical_first in (False, True):
-            rows = (self.vertical_first == vertical_first).nonzero().flatten()
-            if len(rows):
-                out[rows] = _resize(self.source[rows], self.plans[rows], vertical_first)
+        for order, rows in groups:
+            out[rows] = _resize(self.source[rows], self.plans[rows], order)
         return out.permute(0, 2, 1, 3, 4)  # B, C, K, size, size
 
 
