@@ -10,12 +10,10 @@ PIP_VERSION ?= 26.3
 LOCK_INDEX ?= https://pypi.org/simple
 TORCH_SOURCE ?= --find-links /opt/wheels
 
-export PATH := $(CURDIR)/$(BIN):$(PATH)
+# The venv's programs put themselves in the project's environment (tasks/environment.py, a
+# start-up hook `make venv` installs): its bin first on PATH, PREFECT_HOME=.prefect, telemetry
+# off. So every target calls $(BIN)/... and behaves as the same command typed in a plain shell.
 export PREFECT_HOME ?= $(CURDIR)/.prefect
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
-export DO_NOT_TRACK := true
-export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
 # deployments (prefect.yaml): a local server and worker, or any server via PREFECT_API_URL
@@ -37,10 +35,15 @@ $(BIN)/.pip:
 	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
 	touch $@
 
-# exactly the locked wheels, hashes checked, then the project itself (editable, no deps)
-$(BIN)/.installed: pylock.toml pyproject.toml | $(BIN)/.pip
+# exactly the locked wheels, hashes checked, then the project itself (editable, no deps) and
+# the start-up hook. The stamp is named by the content of what it installed: a checkout or
+# clone with the same lock and project finds its venv up to date, whatever the files' times.
+INSTALL_ID := $(shell cat pylock.toml pyproject.toml tasks/environment.py 2>/dev/null | cksum | cut -d' ' -f1)
+$(BIN)/.installed-$(INSTALL_ID): | $(BIN)/.pip
+	rm -f $(BIN)/.installed*
 	$(BIN)/pip install -q --require-hashes -r pylock.toml
 	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python -m tasks.environment install
 	touch $@
 
 # re-resolve pyproject.toml (dev extra included) into pylock.toml. Wheels from PyPI, torch the
@@ -50,7 +53,7 @@ lock: | $(BIN)/.pip
 	  -c <(echo torch==$(TORCH_VERSION)) --only-deps '.[dev]' -o pylock.toml
 	$(PYTHON) -m tasks.lockfile stamp pylock.toml
 
-venv: $(BIN)/.installed
+venv: $(BIN)/.installed-$(INSTALL_ID)
 
 demo: venv
 	$(BIN)/python -m flows.demo
@@ -68,31 +71,45 @@ bench: venv
 # logs in .prefect/run); `make stop` ends both, the worker first. The port is given as
 # settings, not `--port`: the UI finds its API through PREFECT_UI_API_URL, which otherwise
 # defaults to PREFECT_API_URL or PREFECT_SERVER_API_PORT (4200), whatever `--port` says.
+# The server's URL goes into the project's Prefect profile (.prefect/profiles.toml), so the
+# CLI and every flow run of this checkout use it from any shell; `make stop` takes it out again.
 server: venv
 	@mkdir -p $(RUN_DIR)
 	@if [ -f $(RUN_DIR)/server.pid ] && kill -0 $$(cat $(RUN_DIR)/server.pid) 2>/dev/null; then \
 	  echo "server already running (PID $$(cat $(RUN_DIR)/server.pid))"; else \
-	  PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT=$(PREFECT_PORT) \
+	  PREFECT_API_URL= PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT=$(PREFECT_PORT) \
 	  PREFECT_UI_API_URL=$(SERVER_URL) setsid $(BIN)/prefect server start \
 	    >$(RUN_DIR)/server.log 2>&1 & echo $$! >$(RUN_DIR)/server.pid; fi
 	@for i in $$(seq 60); do curl -sf $(SERVER_URL)/health >/dev/null && break; sleep 1; done; \
 	  curl -sf $(SERVER_URL)/health >/dev/null || { echo "server did not start: see $(RUN_DIR)/server.log"; exit 1; }
-	@echo "Prefect server: $(SERVER_URL:/api=) (UI), log $(RUN_DIR)/server.log"
+	@$(BIN)/prefect config set PREFECT_API_URL=$(SERVER_URL) >/dev/null && echo $(SERVER_URL) >$(RUN_DIR)/server.url
+	@echo "Prefect server: $(SERVER_URL:/api=) (UI), log $(RUN_DIR)/server.log; this checkout's" \
+	  "Prefect CLI and flow runs now use it (PREFECT_API_URL in $(PREFECT_HOME)/profiles.toml)"
 	@$(MAKE) --no-print-directory worker PREFECT_API_URL=$(SERVER_URL)
 
+# the API this checkout's Prefect uses: PREFECT_API_URL, else the one in its profile
+API_URL_SH = url=$${PREFECT_API_URL:-$$($(BIN)/prefect config view 2>/dev/null | sed -n "s/^PREFECT_API_URL='\(.*\)'.*/\1/p")}
+
+# one worker per checkout: a running one with other settings is replaced, and it says so
+WORKER_SETTINGS = pool $(REPROLAB_POOL), at most $(WORKER_FLOWS) flow runs at once, $$threads threads each, API $$url
 worker: venv
 	@mkdir -p $(RUN_DIR)
-	@if [ -f $(RUN_DIR)/worker.pid ] && kill -0 $$(cat $(RUN_DIR)/worker.pid) 2>/dev/null; then \
-	  echo "worker already running (PID $$(cat $(RUN_DIR)/worker.pid))"; else \
-	  threads=$$($(BIN)/python -m tasks.threads $(WORKER_FLOWS)) || exit 1; \
-	  REPROLAB_THREADS=$$threads PREFECT_API_URL=$${PREFECT_API_URL:-$(SERVER_URL)} setsid \
+	@threads=$$($(BIN)/python -m tasks.threads $(WORKER_FLOWS)) || exit 1; \
+	  $(API_URL_SH); url=$${url:-$(SERVER_URL)}; wanted="$(WORKER_SETTINGS)"; f=$(RUN_DIR)/worker.pid; \
+	  if [ -f $$f ] && kill -0 $$(cat $$f) 2>/dev/null; then \
+	    if [ "$$(cat $(RUN_DIR)/worker.settings 2>/dev/null)" = "$$wanted" ]; then \
+	      echo "worker already running (PID $$(cat $$f)): $$wanted; log $(RUN_DIR)/worker.log"; exit 0; fi; \
+	    kill -TERM -- -$$(cat $$f) 2>/dev/null; sleep 2; kill -KILL -- -$$(cat $$f) 2>/dev/null; \
+	    echo "stopped worker (PID $$(cat $$f)): it ran with $$(cat $(RUN_DIR)/worker.settings 2>/dev/null)"; fi; \
+	  REPROLAB_THREADS=$$threads PREFECT_API_URL=$$url setsid \
 	    $(BIN)/prefect worker start --pool $(REPROLAB_POOL) --type process --limit $(WORKER_FLOWS) \
 	    >$(RUN_DIR)/worker.log 2>&1 & \
-	  echo $$! >$(RUN_DIR)/worker.pid; echo "worker for pool $(REPROLAB_POOL): at most" \
-	    "$(WORKER_FLOWS) flow runs at once, $$threads threads each; log $(RUN_DIR)/worker.log"; fi
+	  echo $$! >$$f; echo "$$wanted" >$(RUN_DIR)/worker.settings; \
+	  echo "started worker (PID $$(cat $$f)): $$wanted; log $(RUN_DIR)/worker.log"
 
 deploy: venv
-	@export PREFECT_API_URL=$${PREFECT_API_URL:-$(SERVER_URL)}; \
+	@$(API_URL_SH); [ -n "$$url" ] || { echo "no Prefect server to deploy to: make server first," \
+	  "or export PREFECT_API_URL"; exit 1; }; export PREFECT_API_URL=$$url; \
 	  $(BIN)/prefect work-pool inspect $(REPROLAB_POOL) >/dev/null 2>&1 || \
 	    $(BIN)/prefect work-pool create $(REPROLAB_POOL) --type process; \
 	  $(BIN)/prefect --no-prompt deploy --all
@@ -101,6 +118,10 @@ stop:
 	@for name in worker server; do f=$(RUN_DIR)/$$name.pid; \
 	  if [ -f $$f ]; then kill -TERM -- -$$(cat $$f) 2>/dev/null; sleep 2; \
 	    kill -KILL -- -$$(cat $$f) 2>/dev/null; rm -f $$f; echo "stopped $$name"; fi; done
+	@rm -f $(RUN_DIR)/worker.settings
+	@if [ -f $(RUN_DIR)/server.url ]; then \
+	  $(BIN)/prefect config unset PREFECT_API_URL >/dev/null; rm -f $(RUN_DIR)/server.url; \
+	  echo "this checkout's Prefect CLI and flow runs are back on an ephemeral server"; fi
 
 clean:
 	rm -rf data artifacts metrics plots reports mlflow.db mlartifacts mlruns .prefect

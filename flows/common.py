@@ -20,10 +20,6 @@ from tasks.parallel import shared_prefect_api
 from tasks.pipeline import ParamsView, Pipeline, Stage, describe
 from tasks.threads import apply_thread_budget
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 # every flow process (a stage, a worker's flow run) keeps to its thread budget, REPROLAB_THREADS
 # (a worker started by `make worker` sets it to its share), and passes it to its children
 apply_thread_budget()

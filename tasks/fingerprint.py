@@ -44,13 +44,35 @@ def _walk(tree: ast.AST) -> Iterable[ast.AST]:
                 stack.append(child)
 
 
+_IMPORT_CALLS = ("import_module", "__import__")
+
+
+def _literal_import(node: ast.Call) -> str | None:
+    """The module `importlib.import_module("a.b")` or `__import__("a.b")` loads (a literal
+    absolute name only: a computed name cannot be followed)."""
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    if name not in _IMPORT_CALLS or not node.args:
+        return None
+    first = node.args[0]
+    if isinstance(first, ast.Constant) and isinstance(first.value, str) \
+            and not first.value.startswith("."):
+        return first.value
+    return None
+
+
 def imported_names(path: Path, module: str) -> set[str]:
-    """Every module name an import statement in `path` may load (function-level imports too)."""
+    """Every module name an import statement in `path` may load (function-level imports too,
+    and `importlib.import_module` / `__import__` of a literal name). A module named only in a
+    string (a declaration's "module:function") is not followed: a stage's own callable is a
+    root of its closure (tasks.pipeline.stage_modules)."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names: set[str] = set()
     for node in _walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Call) and (literal := _literal_import(node)):
+            names.add(literal)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 parts = package.split(".")

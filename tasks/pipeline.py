@@ -35,6 +35,9 @@ class Out:
     note: str = ""
 
 
+# the file MLflow runs, by path, to load every logged model (tasks/tracking.py ships it in the
+# model): the stages that log and register models declare it in `code_files`
+MODEL_LOADER = "tasks/pyfunc_entry.py"
 LOSSES = ("train_loss", "val_loss")  # the columns of a learning curve's CSV
 
 
@@ -63,6 +66,7 @@ class Stage:
     plots: tuple[str, ...] = ()         # images (a folder of PNGs)
     curves: tuple[Curve, ...] = ()      # data plots (CSV) with their dvc.yaml plot definition
     cli: str = ""                       # a stage of no pipeline: `python -m <cli>` runs it
+    code_files: tuple[str, ...] = ()    # code it runs by path, not by import (deps like modules)
 
     @property
     def step(self) -> str:
@@ -246,9 +250,10 @@ def stage_cmd(pipeline: Pipeline | None, stage: Stage) -> str:
 
 
 def code_deps(pipeline: Pipeline | None, stage: Stage) -> list[str]:
+    """Every first-party module the stage's command imports, and the files it runs by path."""
     from tasks.fingerprint import module_closure, relative
 
-    return relative(module_closure(stage_modules(pipeline, stage)))
+    return sorted({*relative(module_closure(stage_modules(pipeline, stage))), *stage.code_files})
 
 
 def _out(out: Out | str) -> str | dict:

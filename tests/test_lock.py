@@ -1,4 +1,5 @@
 """pylock.toml agrees with pyproject.toml: every dependency locked, every file hashed."""
+import importlib.metadata
 import tomllib
 from pathlib import Path
 
@@ -35,10 +36,16 @@ def test_the_lock_was_made_from_this_pyproject():
         "pyproject.toml's dependencies changed since pylock.toml was made: run make lock")
 
 
-@pytest.mark.parametrize("requirement", declared_requirements(), ids=str)
+def applies(requirement: Requirement, extras: frozenset[str] = frozenset({"dev"})) -> bool:
+    """The requirement holds on this machine for a package installed with `extras`."""
+    if requirement.marker is None:
+        return True
+    return any(requirement.marker.evaluate({"extra": extra}) for extra in extras or {""})
+
+
+@pytest.mark.parametrize("requirement", [r for r in declared_requirements() if applies(r)],
+                         ids=str)
 def test_every_declared_dependency_has_a_locked_version_that_satisfies_it(requirement):
-    if requirement.marker is not None and not requirement.marker.evaluate({"extra": "dev"}):
-        pytest.skip(f"{requirement} does not apply here")
     package = locked_packages().get(canonicalize_name(requirement.name))
     assert package is not None, f"{requirement.name} is not in pylock.toml: run make lock"
     assert requirement.specifier.contains(Version(package["version"]), prereleases=True), (
@@ -72,3 +79,37 @@ def test_stamp_replaces_the_digest_and_an_edited_pyproject_changes_it(tmp_path):
     assert second != first and lockfile.recorded_digest(lock) == second
     assert lock.read_text().count("[tool.reprolab]") == 1
     assert tomllib.loads(lock.read_text())["packages"][0]["name"] == "a"
+
+
+def needed_packages(roots: list[Requirement]) -> set[str]:
+    """Every distribution the declared requirements need here, transitively, read from the
+    installed packages' metadata (the venv holds exactly the lock)."""
+    todo = [(r, frozenset({"dev"})) for r in roots]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        requirement, extras = todo.pop()
+        name = canonicalize_name(requirement.name)
+        key = (name, frozenset(requirement.extras))
+        if not applies(requirement, extras) or key in seen:
+            continue
+        seen.add(key)
+        try:
+            requires = importlib.metadata.requires(requirement.name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue  # not installed: the satisfies-test above names it
+        wanted = frozenset(requirement.extras) or frozenset({""})
+        todo.extend((Requirement(spec), wanted) for spec in requires)
+    return {name for name, _ in seen}
+
+
+def test_the_lock_holds_nothing_pyproject_no_longer_needs():
+    """A dependency dropped from pyproject.toml must leave the lock too (a re-stamp without a
+    re-resolve keeps it): every locked package is needed by a declared one, transitively."""
+    orphans = set(locked_packages()) - needed_packages(declared_requirements())
+    assert not orphans, (f"pylock.toml holds {sorted(orphans)}, which nothing in "
+                         "pyproject.toml needs: run make lock")
+
+
+def test_the_orphan_check_finds_a_dropped_dependency():
+    declared = [r for r in declared_requirements() if canonicalize_name(r.name) != "gensim"]
+    assert "gensim" in set(locked_packages()) - needed_packages(declared)

@@ -1,6 +1,6 @@
 """The crypto next-move pipeline, declared once (see tasks/pipeline.py)."""
 from tasks.crypto.paths import CryptoPaths
-from tasks.pipeline import LOSSES, Curve, Out, Pipeline, Reference, Stage
+from tasks.pipeline import LOSSES, MODEL_LOADER, Curve, Out, Pipeline, Reference, Stage
 
 P = CryptoPaths()
 # the research notes give no accuracy for next-move prediction; these calibration figures are
@@ -47,10 +47,12 @@ PIPELINE = Pipeline(
                       "crypto.train", "crypto.leak_audit", "crypto.label", "crypto.split",
                       "crypto.features", "crypto.source", "crypto.exchange", "crypto.timeframe",
                       "crypto.model_symbol", "crypto.symbols"),
+              code_files=(MODEL_LOADER,),
               deps=(str(P.raw), str(P.features), str(P.splits)), outs=(str(P.artifacts),)),
         Stage("crypto_evaluate", "tasks.crypto.report:evaluate_stage",
               "metrics with intervals vs naive baselines, backtest, plots; registers the model",
               params=("common.seed", "common.mlflow", "crypto.evaluate"),
+              code_files=(MODEL_LOADER,),
               deps=(str(P.artifacts), str(P.splits)), metrics=(str(P.metrics),),
               plots=(str(P.plots),),
               curves=(Curve(str(P.curves / "learning_curve.csv"), "crypto: learning curve",

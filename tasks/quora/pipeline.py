@@ -1,5 +1,5 @@
 """The Quora duplicate-question pipeline, declared once (see tasks/pipeline.py)."""
-from tasks.pipeline import LOSSES, Curve, Out, Pipeline, Reference, Stage
+from tasks.pipeline import LOSSES, MODEL_LOADER, Curve, Out, Pipeline, Reference, Stage
 from tasks.quora.paths import QuoraPaths
 
 P = QuoraPaths()
@@ -45,11 +45,13 @@ PIPELINE = Pipeline(
               "the Siamese / FC-head / BiRNN+conv models (the table's configurations too)",
               params=("common.seed", "common.device", "common.mlflow", "quora.model",
                       "quora.train", "quora.embed", "quora.evaluate.table"),
+              code_files=(MODEL_LOADER,),
               deps=(str(P.split), str(P.embed)), outs=(str(P.artifacts),)),
         Stage("quora_evaluate", "tasks.quora.report:evaluate_stage",
               "accuracy with intervals vs the majority baseline, the variants table, error "
               "analysis; registers the model",
               params=("common.seed", "common.mlflow", "quora.evaluate"),
+              code_files=(MODEL_LOADER,),
               deps=(str(P.artifacts),), metrics=(str(P.metrics),), plots=(str(P.plots),),
               curves=(Curve(str(P.curves / "learning_curve.csv"), "quora: learning curve",
                             "epoch", LOSSES, "loss"),)),

@@ -1,5 +1,5 @@
 """The Kinetics action-recognition pipeline, declared once (see tasks/pipeline.py)."""
-from tasks.pipeline import LOSSES, Curve, Out, Pipeline, Reference, Stage
+from tasks.pipeline import LOSSES, MODEL_LOADER, Curve, Out, Pipeline, Reference, Stage
 from tasks.video.paths import KineticsPaths
 
 P = KineticsPaths()
@@ -61,6 +61,7 @@ PIPELINE = Pipeline(
               "BesNet (random temporal dilation), and the fixed-dilation twin for the ablation",
               params=(*MODEL_PARAMS, "kinetics.model", "kinetics.evaluate.ablation_dilation",
                       *SERVED_FRAMES),
+              code_files=(MODEL_LOADER,),
               deps=(*DATA, str(P.clips)),  # the served model reads clips: one is its example
               outs=(str(P.artifacts / "besnet"), str(P.artifacts / "besnet_fixed"),
                     Out(str(P.checkpoints("kinetics_train")), persist=True, cache=False)),
@@ -77,6 +78,7 @@ PIPELINE = Pipeline(
               "analysis; registers BesNet",
               params=("common.seed", "common.device", "common.mlflow", "kinetics.evaluate",
                       "kinetics.dataset.test_clips", "kinetics.dataset.test_crops"),
+              code_files=(MODEL_LOADER,),
               deps=(str(P.split), str(P.manifest), str(P.frames), str(P.artifacts / "besnet"),
                     str(P.artifacts / "besnet_fixed"), str(P.artifacts / "baseline")),
               metrics=(str(P.metrics),), plots=(str(P.plots),),

@@ -9,6 +9,7 @@ import yaml
 from tasks.config import Params, flat_params, input_path_keys, load_params
 from tasks.fingerprint import module_closure, relative
 from tasks.pipeline import (
+    MODEL_LOADER,
     PIPELINES,
     ParamsView,
     UndeclaredParam,
@@ -53,6 +54,24 @@ def test_every_stage_lists_the_closure_of_the_modules_it_runs():
             assert set(code) <= set(stages[stage.name]["deps"]), stage.name
             assert callable(stage.callable())
             assert stages[stage.name]["cmd"] == f"python -m flows.{spec.name} {stage.step}"
+
+
+def test_code_a_stage_runs_by_path_is_a_dependency():
+    """The pyfunc loader is copied into every logged model by path (tasks/tracking.py), so no
+    import closure sees it: the stages that log and register models declare it."""
+    from tasks import tracking
+
+    assert (ROOT / MODEL_LOADER).resolve() == tracking.PYFUNC_ENTRY.resolve()
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for spec in declarations():
+        for step in ("train", "evaluate"):
+            stage = spec.stage(step)
+            assert MODEL_LOADER in stage.code_files, stage.name
+            assert MODEL_LOADER in stages[stage.name]["deps"], stage.name
+        for stage in spec.stages:
+            for rel in stage.code_files:
+                assert (ROOT / rel).is_file(), f"{stage.name}: {rel}"
+    assert MODEL_LOADER not in stages["crypto_ingest"]["deps"]
 
 
 def test_stages_do_not_list_code_they_never_import():
