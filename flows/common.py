@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from flows.outputs import fail_as_stage, restore_outputs, take_failure
 from flows.stage_runs import parent_of_stages, publish_stages, run_stage_flow
-from tasks.config import Params, load_params
+from tasks.config import Params, load_params, save_overrides
 from tasks.errors import ReproLabError
 from tasks.logs import get_logger
 from tasks.parallel import shared_prefect_api
 from tasks.pipeline import ParamsView, Pipeline, Stage, describe
+from tasks.storage import write_bytes
 from tasks.threads import apply_thread_budget
 
 # every flow process (a stage, a worker's flow run) keeps to its thread budget, REPROLAB_THREADS
@@ -52,38 +54,95 @@ def read_profile(path: Path) -> dict[str, Any]:
     return data
 
 
+class StageFailed(ReproLabError):
+    """A DVC stage failed: the message names it and gives its own error line."""
+
+
+PARAMS_FILE = "params.yaml"
+
+
 def dvc_repro(targets: list[str], force: bool = False, single_item: bool = False) -> list[str]:
     """`dvc repro` the targets (DVC decides what is stale); returns the stages that ran.
     `single_item`: only the targets themselves (`dvc repro -s`). Inside a flow run, the
-    stages' flow runs are its subflow runs."""
+    stages' flow runs are its subflow runs. A stage that fails leaves its outputs as they
+    were (flows/outputs.py) and raises StageFailed naming it."""
     from dvc.repo import Repo
 
-    log = get_logger()
-    with shared_prefect_api(), parent_of_stages(), Repo(".") as repo:
-        stages = repo.reproduce(targets=targets, force=force, single_item=single_item)
+    with _stage_failures():
+        with shared_prefect_api(), parent_of_stages(), Repo(".") as repo:
+            stages = repo.reproduce(targets=targets, force=force, single_item=single_item)
     names = [getattr(s, "addressing", str(s)) for s in stages]
-    log.info("dvc repro %s: %s", " ".join(targets), ", ".join(names) or "nothing to reproduce")
+    get_logger().info("dvc repro %s: %s", " ".join(targets),
+                      ", ".join(names) or "nothing to reproduce")
     return names
 
 
 def dvc_exp_run(overrides: Mapping[str, Any], targets: list[str]) -> list[str]:
-    """Overrides go through DVC: `dvc exp run -S key=value ... <targets>` records the run as an
-    experiment (`dvc exp show`) and leaves dvc.lock describing what is on disk."""
-    sets = [f"{key}={_yaml_value(value)}" for key, value in overrides.items()]
-    cmd = [sys.executable, "-m", "dvc", "exp", "run", *[a for s in sets for a in ("-S", s)],
-           *targets]
-    log = get_logger()
-    log.info("overrides run as a DVC experiment: %s", " ".join(cmd[2:]))
-    with shared_prefect_api(), parent_of_stages():
-        proc = subprocess.run(cmd, env={**os.environ})
-    if proc.returncode != 0:
-        raise ReproLabError(f"dvc exp run {' '.join(targets)} failed (exit {proc.returncode})")
+    """Overrides go through DVC as an experiment (`dvc exp show`, `dvc exp diff`): the values
+    are written into params.yaml in place (only they change: tasks/params_text.py), then
+    `dvc exp run <targets>`, which leaves dvc.lock describing what is on disk. A run that
+    fails is undone whole: params.yaml and dvc.lock byte for byte as they were, and every
+    output the run changed back from the DVC cache."""
+    from dvc.repo import Repo
+
+    kept = {path: path.read_bytes() for path in map(Path, (PARAMS_FILE, "dvc.lock"))
+            if path.exists()}
+    get_logger().info("overrides run as a DVC experiment: %s -> dvc exp run %s",
+                      ", ".join(f"{k}={_yaml_value(v)}" for k, v in overrides.items()),
+                      " ".join(targets))
+    try:
+        save_overrides(PARAMS_FILE, overrides)
+        with _stage_failures():
+            with shared_prefect_api(), parent_of_stages(), Repo(".") as repo:
+                repo.experiments.run(targets=targets)
+    except BaseException:
+        _undo(kept)
+        raise
     return targets
 
 
+def _undo(kept: Mapping[Path, bytes]) -> None:
+    """Put params.yaml and dvc.lock back, then every output whose lock entry this run moved."""
+    lock = Path("dvc.lock")
+    moved = _lock_stages(lock.read_bytes() if lock.exists() else b"")
+    for path, data in kept.items():
+        write_bytes(data, path)
+    before = _lock_stages(kept.get(lock, b""))
+    restore_outputs([name for name in before if moved.get(name) != before[name]], persist=True)
+    get_logger().warning("the run with overrides failed: params.yaml, dvc.lock and the "
+                         "outputs are as before it")
+
+
+def _lock_stages(data: bytes) -> dict[str, Any]:
+    return (yaml.safe_load(data) or {}).get("stages", {}) if data else {}
+
+
+@contextmanager
+def _stage_failures() -> Iterator[None]:
+    """DVC's ReproductionError as StageFailed naming the stage and its own error line; the
+    stage's outputs put back (again: a stage killed before it could do it itself)."""
+    from dvc.exceptions import ReproductionError
+
+    try:
+        yield
+    except ReproductionError as exc:
+        stage = failed_stage(exc)
+        restore_outputs([stage])
+        own = take_failure(stage) or str(exc.__cause__ or exc)
+        raise StageFailed(f"stage '{stage}' failed: {own}") from exc
+
+
+def failed_stage(exc: Exception) -> str:
+    """The stage DVC names in `failed to reproduce 'stage'`."""
+    text = str(exc)
+    return text.split("'")[1] if text.count("'") >= 2 else text
+
+
 def _yaml_value(value: Any) -> str:
-    """A value as `-S key=value` takes it (flow-style YAML, no document end marker)."""
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    """A value as one line of YAML (what --set takes)."""
+    from tasks.params_text import flow
+
+    return flow(value)
 
 
 def in_dvc_repo() -> bool:
@@ -168,14 +227,21 @@ def main(pipeline: Pipeline, flows: dict[str, Any], whole: Any,
     parser.add_argument("--profile", metavar="FILE", help="a YAML file of dotted overrides, "
                         "e.g. profiles/kinetics-400.yaml (--set wins over it)")
     args = parser.parse_args(argv)
+    stage = None if args.stage == "pipeline" else pipeline.stage(args.stage).name
     try:
         profile = read_profile(Path(args.profile)) if args.profile else {}
         overrides = {**profile, **parse_overrides(args.overrides)} or None
         settings(overrides)  # fail fast on a bad params.yaml, before any flow starts
         _dispatch(pipeline, flows, whole, args.stage, overrides)
     except ReproLabError as exc:
+        if stage:
+            fail_as_stage(stage, str(exc))
         print(f"error: {pipeline.name} {args.stage}: {exc}", file=sys.stderr)
         return 2
+    except BaseException as exc:  # a bug, an interrupt: DVC's outputs are put back all the same
+        if stage:
+            fail_as_stage(stage, f"{type(exc).__name__}: {exc}")
+        raise
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from prefect import flow, task
 
-from flows.common import dvc_repro, parse_overrides, settings
+from flows.common import StageFailed, dvc_repro, parse_overrides, settings
 from flows.report import refresh_site
 from flows.stage_runs import child_runs, stages_markdown
 from tasks import champion, tracking
@@ -36,10 +36,6 @@ from tasks.storage import read_json, write_json, write_text
 
 PARAMS_FILE = "params.yaml"
 REPORT_DIR = Path("reports/nightly")
-
-
-class StageFailed(ReproLabError):
-    """A DVC stage of a pipeline failed during the night."""
 
 
 def lock_outs(stage: str, lock: Path = Path("dvc.lock")) -> dict[str, dict]:
@@ -67,23 +63,13 @@ def data_change(before: dict[str, dict], after: dict[str, dict]) -> dict[str, An
             "files_added": total(after, "nfiles") - total(before, "nfiles")}
 
 
-def failed_stage(exc: Exception) -> str:
-    """The stage DVC names in `failed to reproduce 'stage'`."""
-    text = str(exc)
-    return text.split("'")[1] if text.count("'") >= 2 else text
-
-
 def repro(targets: list[str], pipeline: str, **kwargs: Any) -> list[str]:
-    """dvc_repro, with a stage's failure raised as StageFailed naming the stage."""
-    from dvc.exceptions import ReproductionError
-
+    """dvc_repro, a failure named with its pipeline and where the next run resumes."""
     try:
         return dvc_repro(targets, **kwargs)
-    except ReproductionError as exc:
-        cause = exc.__cause__ or exc
-        raise StageFailed(f"{pipeline}: stage '{failed_stage(exc)}' failed ({cause}); its own "
-                          "error is in its flow run and the log above. The stages before it are "
-                          "recorded in dvc.lock: the next run resumes there.") from exc
+    except StageFailed as exc:
+        raise StageFailed(f"{pipeline}: {exc}. The stages before it are recorded in dvc.lock: "
+                          "the next run resumes there") from exc
 
 
 @task(name="refresh-data")

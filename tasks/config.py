@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import io
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -575,25 +574,18 @@ def check_input_paths(raw: Mapping[str, Any], source: str) -> None:
 
 
 def save_overrides(path: str | os.PathLike, overrides: Mapping[str, Any]) -> Params:
-    """Write dotted overrides into params.yaml itself, as `dvc exp run -S` does, so DVC sees
-    them and git shows them; validated before anything is written, comments and order kept,
-    written atomically."""
-    from ruamel.yaml import YAML
-
+    """Write dotted overrides into params.yaml itself, so DVC sees them and git shows them:
+    validated before anything is written, only the overridden values changed (comments,
+    nulls, quotes and list styles stay as written: tasks/params_text.py), atomically."""
+    from tasks.params_text import with_overrides
     from tasks.storage import write_text
 
     params = load_params(path, overrides)
-    round_trip = YAML()
-    doc = round_trip.load(Path(path).read_text())
-    for dotted, value in overrides.items():
-        node = doc
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    text = io.StringIO()
-    round_trip.dump(doc, text)
-    write_text(text.getvalue(), path)
+    before = Path(path).read_text()
+    after = with_overrides(before, overrides)
+    if yaml.safe_load(after) != apply_overrides(yaml.safe_load(before) or {}, overrides):
+        raise ConfigError(f"{path}: could not write {', '.join(overrides)} in place")
+    write_text(after, path)
     return params
 
 

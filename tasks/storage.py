@@ -130,6 +130,12 @@ def write_text(text: str, dest: str | os.PathLike) -> Path:
     return Path(dest)
 
 
+def write_bytes(data: bytes, dest: str | os.PathLike) -> Path:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+    return Path(dest)
+
+
 def save_figure(fig: Any, dest: str | os.PathLike) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
