@@ -146,7 +146,7 @@ def run_model(pipeline: str, overrides: dict[str, Any], run_dir: Path, params_fi
     with inside(run_dir, params_file):
         for stage in stage_flows(pipeline, data=False):
             stage(overrides=overrides)
-        metrics = read_json(declaration(pipeline).metrics_file)
+        metrics = read_json(declaration(pipeline).results_file)
     write_json({"overrides": overrides, "code": code, "metrics": metrics}, done)
     return metrics
 

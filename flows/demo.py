@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m flows.demo") -> i
         result = importlib.import_module(f"flows.{name}").pipeline()
         console.print(f"{name}: stages run {result['stages_run'] or 'none (up to date)'} "
                       f"in {time.time() - start:.0f} s")
-        metrics = read_json(declaration(name).metrics_file)
+        metrics = read_json(declaration(name).results_file)
         shown = rows(metrics) + diagnosis_row(metrics) + references_row(metrics)
         for metric, value, note in shown:
             table.add_row(name, metric, value, note)

@@ -89,7 +89,7 @@ def reproduce(spec: Pipeline) -> list[str]:
 
 def score(spec: Pipeline) -> champion.Score:
     """The pipeline's test metric, its naive baseline and the test data digest from dvc.lock."""
-    metrics = read_json(spec.metrics_file)
+    metrics = read_json(spec.results_file)
     test_outs = lock_outs(spec.test_data_stage)
     digest = ",".join(f"{path}:{out['md5']}" for path, out in sorted(test_outs.items()))
     return champion.Score(spec.headline, metric_value(metrics, spec.headline), digest,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.common import dvc_repro, in_dvc_repo, run_stage, run_tags
+from flows.outputs import fail_as_stage
 from tasks.errors import ReproLabError
 from tasks.logs import get_logger
 from tasks.site import SITE, STAGE
@@ -44,7 +45,7 @@ def refresh_site() -> list[str]:
 def main(argv: list[str] | None = None, prog: str = "python -m flows.report") -> int:
     parser = argparse.ArgumentParser(
         prog=prog, description=STAGE.doc,
-        epilog="The pages read metrics/, plots/ and reports/ only; open "
+        epilog="The pages read reports/ and plots/ only; open "
                f"{SITE / 'index.html'} in any browser (no network needed).")
     parser.add_argument("action", nargs="?", choices=["build"],
                         help="build the site here and now (what the DVC stage runs); "
@@ -52,15 +53,20 @@ def main(argv: list[str] | None = None, prog: str = "python -m flows.report") ->
     args = parser.parse_args(argv)
     from prefect import tags
 
+    building = args.action == "build" or not in_dvc_repo()
     try:
         with tags(*run_tags()):
-            if args.action == "build" or not in_dvc_repo():
+            if building:
                 report_flow()
             else:
                 dvc_repro([STAGE.name], single_item=True)
     except ReproLabError as exc:
+        fail_as_stage(STAGE.name, str(exc))  # the site keeps its last good version
         print(f"error: report: {exc}", file=sys.stderr)
         return 2
+    except BaseException as exc:
+        fail_as_stage(STAGE.name, f"{type(exc).__name__}: {exc}")
+        raise
     print(f"report site: {SITE / 'index.html'}")
     return 0
 

@@ -104,8 +104,9 @@ class Pipeline:
     name: str
     stages: tuple[Stage, ...]
     model_name: str                     # the registered MLflow model
-    metrics_file: str
-    headline: str                       # dotted key in the metrics file
+    metrics_file: str                   # DVC's metrics: the summary (tasks.evaluate.summary_metrics)
+    results_file: str                   # everything evaluate found; the site reads it
+    headline: str                       # dotted key in the results file
     baselines: tuple[str, ...]          # dotted keys of the naive baselines' headline metric
     test_data_stage: str                # the stage whose output holds the test split
     data_stages: tuple[str, ...] = ()  # run once per data setting by ablations
@@ -113,6 +114,7 @@ class Pipeline:
     references: tuple[Reference, ...] = ()  # the research notes' numbers, beside ours
     title: str = ""                     # how the report site names it
     data_reports: tuple[str, ...] = ()  # JSON data reports (rows in/kept, quarantine, gaps)
+    summary: tuple[tuple[str, str], ...] = ()  # extra (name, dotted key) in the metrics file
 
     def stage(self, step_or_name: str) -> Stage:
         for stage in self.stages:

@@ -1,13 +1,14 @@
 """The report stage: a static results site (reports/site/index.html and one page per pipeline)
-built from what the pipelines wrote — metrics files, data reports, plots, ablation tables and
-the nightly history.
+built from what the pipelines wrote — each evaluate stage's results file
+(reports/<pipeline>/results.json), data reports, plots, ablation tables and the nightly
+history.
 
 Self-contained by construction: styles are inline, images are embedded as data URIs, and no
 page holds an http(s) URL (a URL found in the data — a download source, say — is shown as
 text without its scheme), so the site reads the same on a laptop offline, from a zip, or from
-a CI artifact. Every headline number carries `data-metric` (its dotted key in the metrics file)
+a CI artifact. Every headline number carries `data-metric` (its dotted key in the results file)
 and `data-value` (the exact value), which is how the browser test checks the page against
-metrics/*.json.
+reports/*/results.json.
 """
 from __future__ import annotations
 
@@ -339,9 +340,9 @@ VARIANTS: dict[str, Callable[[Mapping], str]] = {
 
 
 def pipeline_page(root: Path, spec: Pipeline, specs: list[Pipeline]) -> str:
-    metrics_path = root / spec.metrics_file
+    metrics_path = root / spec.results_file
     if not metrics_path.exists():
-        body = section("Not run yet", f"<p>No {text(spec.metrics_file)}: run "
+        body = section("Not run yet", f"<p>No {text(spec.results_file)}: run "
                        f"<code>reprolab run {text(spec.name)}</code> or <code>dvc repro "
                        f"{text(spec.last.name)}</code>.</p>", "headline")
         return page(spec.title or spec.name, spec.name, specs, body)
@@ -358,7 +359,7 @@ def pipeline_page(root: Path, spec: Pipeline, specs: list[Pipeline]) -> str:
 def index_page(root: Path, specs: list[Pipeline]) -> str:
     cards = []
     for spec in specs:
-        path = root / spec.metrics_file
+        path = root / spec.results_file
         if not path.exists():
             cards.append(f'<section data-pipeline="{spec.name}"><h2><a href="{spec.name}.html">'
                          f"{text(spec.title)}</a></h2><p class=mute>not run yet</p></section>")
@@ -376,8 +377,8 @@ def index_page(root: Path, specs: list[Pipeline]) -> str:
         night = section(f"Last night ({latest[0]['night']})", table(
             ("night", "data added", "stages rerun", "champion → challenger", "promoted", "why"),
             rows), "nightly")
-    intro = ('<p class="mute">Built by the DVC stage <code>report</code> from metrics/, '
-             "plots/ and reports/ of this checkout; every number is read from those files.</p>")
+    intro = ('<p class="mute">Built by the DVC stage <code>report</code> from the '
+             "results, plots/ and reports/ of this checkout; every number is read from those files.</p>")
     return page("ReproLab results", "index", specs,
                 intro + f'<div class="cards">{"".join(cards)}</div>' + night)
 
@@ -402,7 +403,7 @@ def site_deps() -> tuple[str, ...]:
     the ablation and nightly folders (kept in git with a README, so they always exist)."""
     paths: list[str] = []
     for spec in declarations():
-        paths += [spec.metrics_file, *spec.data_reports,
+        paths += [spec.results_file, *spec.data_reports,
                   *(folder for stage in spec.stages for folder in stage.plots)]
     return (*paths, str(ABLATIONS), str(NIGHTLY))
 

@@ -130,6 +130,17 @@ def write_text(text: str, dest: str | os.PathLike) -> Path:
     return Path(dest)
 
 
+def write_torch(obj: Any, dest: str | os.PathLike) -> Path:
+    """torch.save atomically, the same bytes for the same tensors wherever it is written:
+    saved to a path, torch names the archive's folder after the (temporary) file."""
+    import torch
+
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+    return Path(dest)
+
+
 def write_bytes(data: bytes, dest: str | os.PathLike) -> Path:
     with atomic_path(dest) as tmp:
         tmp.write_bytes(data)

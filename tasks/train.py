@@ -34,7 +34,7 @@ from tasks.errors import ConfigError, DataError, ReproLabError
 from tasks.fingerprint import code_digest
 from tasks.logs import get_logger
 from tasks.progress import Progress
-from tasks.storage import atomic_path
+from tasks.storage import write_torch
 
 History = list[dict[str, float]]
 
@@ -446,15 +446,13 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
             # ---- checkpoint (atomically, rank 0 only), then report
             if checkpoint_path is not None:
                 if main:
-                    with atomic_path(checkpoint_path) as tmp:
-                        torch.save({
-                            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "epoch": epoch,
-                            "best_state": best_state, "best_val": best_val,
-                            "best_epoch": best_epoch,
-                            "stopped_early": stopped_early, "history": history,
-                            "rng": _rng_states(train_loader), "identity": identity,
-                        }, tmp)
+                    write_torch({
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "epoch": epoch,
+                        "best_state": best_state, "best_val": best_val, "best_epoch": best_epoch,
+                        "stopped_early": stopped_early, "history": history,
+                        "rng": _rng_states(train_loader), "identity": identity,
+                    }, checkpoint_path)
                 distributed.barrier()  # no rank moves on (or returns) before the file is complete
             if on_epoch is not None and main:
                 on_epoch({**row, "seconds": seconds})  # the epoch's duration: for MLflow only

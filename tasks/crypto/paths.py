@@ -35,7 +35,13 @@ class CryptoPaths:
         return self.root / "artifacts/crypto"
 
     @property
+    def results(self) -> Path:
+        """Everything evaluate found (the report site reads it)."""
+        return self.root / "reports/crypto/results.json"
+
+    @property
     def metrics(self) -> Path:
+        """The summary a person compares across experiments (DVC's metrics)."""
         return self.root / "metrics/crypto.json"
 
     @property

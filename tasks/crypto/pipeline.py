@@ -13,6 +13,7 @@ PIPELINE = Pipeline(
     data_reports=(str(P.ingest_report),),
     model_name="crypto-next-move",
     metrics_file=str(P.metrics),
+    results_file=str(P.results),
     headline="test.accuracy",
     baselines=("baselines.majority.accuracy", "baselines.persistence.accuracy"),
     references=(
@@ -53,7 +54,8 @@ PIPELINE = Pipeline(
               "metrics with intervals vs naive baselines, backtest, plots; registers the model",
               params=("common.seed", "common.mlflow", "crypto.evaluate"),
               code_files=(MODEL_LOADER,),
-              deps=(str(P.artifacts), str(P.splits)), metrics=(str(P.metrics),),
+              deps=(str(P.artifacts), str(P.splits)), outs=(str(P.results),),
+              metrics=(str(P.metrics),),
               plots=(str(P.plots),),
               curves=(Curve(str(P.curves / "learning_curve.csv"), "crypto: learning curve",
                             "epoch", LOSSES, "loss"),

@@ -31,9 +31,10 @@ from tasks.evaluate import (
     reference_rows,
     verdict,
     write_learning_curve,
+    write_results,
 )
 from tasks.logs import get_logger
-from tasks.storage import read_json, read_parquet, save_figure, write_json, write_text
+from tasks.storage import read_json, read_parquet, save_figure, write_text
 
 
 def _plot_leak_audit(audit: dict, dest: Path) -> Path:
@@ -77,9 +78,11 @@ def rescore(model: torch.nn.Module, settings: CryptoSettings, split_dir: Path,
 
 @task(name="crypto-evaluate")
 def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir: Path,
-                    artifacts: Path, metrics_path: Path, plots: Path, curves: Path) -> dict:
-    """Write metrics/crypto.json, plots/crypto/*.png and the data plots (learning curve,
-    equity) under `curves`; log them to the training MLflow run."""
+                    artifacts: Path, results_path: Path, metrics_path: Path, plots: Path,
+                    curves: Path) -> dict:
+    """Write reports/crypto/results.json and its summary metrics/crypto.json, plots/crypto/*.png
+    and the data plots (learning curve, equity) under `curves`; log them to the training MLflow
+    run."""
     trained = read_json(artifacts / "train.json")
     preds = read_parquet(artifacts / "predictions.parquet")
     val, test = (preds[preds["segment"] == s] for s in ("val", "test"))
@@ -139,7 +142,7 @@ def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir:
         "params": {**trained["params"], **flat_params(settings, "crypto.")},
     }
     metrics["references"] = reference_rows(PIPELINE.references, metrics)
-    write_json(metrics, metrics_path)
+    write_results(metrics, PIPELINE, results_path, metrics_path)
     log = get_logger()
     log.info("test accuracy %.3f [%.3f, %.3f] at threshold %.3f; %s",
              test_metrics["accuracy"], test_metrics["accuracy_ci"]["low"],
@@ -151,15 +154,16 @@ def evaluate_models(settings: CryptoSettings, common: CommonSettings, split_dir:
     with tracking.run(common, "crypto", "crypto-evaluate", run_id=trained_run):
         tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("split", "params", "references")})
         tracking.log_artifacts(plots, artifact_path="plots")
-        tracking.log_artifacts(metrics_path)
+        tracking.log_artifacts(results_path, metrics_path)
     tracking.register_model(common, trained_run, PIPELINE.model_name)
     return metrics
 
 
 def evaluate_stage(params) -> dict:
-    """crypto_evaluate: metrics/crypto.json, plots/crypto, the registered model."""
+    """crypto_evaluate: reports/crypto/results.json, metrics/crypto.json, plots/crypto, the
+    registered model."""
     from tasks.crypto.paths import CryptoPaths
 
     paths = CryptoPaths()
     return evaluate_models(params.crypto, params.common, paths.splits, paths.artifacts,
-                           paths.metrics, paths.plots, paths.curves)
+                           paths.results, paths.metrics, paths.plots, paths.curves)

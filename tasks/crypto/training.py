@@ -22,7 +22,7 @@ from tasks.crypto.modeling import (
 from tasks.crypto.prepare import load_segments
 from tasks.crypto.split import Windows, usable_positions
 from tasks.logs import get_logger
-from tasks.storage import read_json, read_parquet, write_json, write_parquet
+from tasks.storage import read_json, read_parquet, write_json, write_parquet, write_torch
 
 
 def segment_data(inputs: np.ndarray, samples: pd.DataFrame, window: int) -> dict[str, tuple]:
@@ -127,7 +127,7 @@ def train_models(settings: CryptoSettings, common: CommonSettings, features_path
                    "leak_audit": audit, "regression_illusion": illusion,
                    "train_positive_rate": float(np.mean(data["train"][1])),
                    "split": split_report["sizes"], "params": params}
-        torch.save(result.model.state_dict(), out_dir / "model.pt")
+        write_torch(result.model.state_dict(), out_dir / "model.pt")
         write_json(summary, out_dir / "train.json")
         tracking.tag_summary(out_dir / "train.json")  # evaluate finds this run by it
         tracking.log_metrics({"walk_forward_mean": walk["mean"], "best_epoch": result.best_epoch})

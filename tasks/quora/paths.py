@@ -30,7 +30,13 @@ class QuoraPaths:
         return self.root / "artifacts/quora"
 
     @property
+    def results(self) -> Path:
+        """Everything evaluate found (the report site reads it)."""
+        return self.root / "reports/quora/results.json"
+
+    @property
     def metrics(self) -> Path:
+        """The summary a person compares across experiments (DVC's metrics)."""
         return self.root / "metrics/quora.json"
 
     @property

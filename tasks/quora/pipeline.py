@@ -11,6 +11,7 @@ PIPELINE = Pipeline(
     data_reports=(str(P.raw / "ingest.json"), str(P.clean / "clean.json"), str(P.split / "split.json")),
     model_name="quora-duplicates",
     metrics_file=str(P.metrics),
+    results_file=str(P.results),
     headline="test.accuracy",
     baselines=("baselines.majority.accuracy",),
     references=(
@@ -52,7 +53,8 @@ PIPELINE = Pipeline(
               "analysis; registers the model",
               params=("common.seed", "common.mlflow", "quora.evaluate"),
               code_files=(MODEL_LOADER,),
-              deps=(str(P.artifacts),), metrics=(str(P.metrics),), plots=(str(P.plots),),
+              deps=(str(P.artifacts),), outs=(str(P.results),), metrics=(str(P.metrics),),
+              plots=(str(P.plots),),
               curves=(Curve(str(P.curves / "learning_curve.csv"), "quora: learning curve",
                             "epoch", LOSSES, "loss"),)),
     ),

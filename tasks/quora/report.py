@@ -22,10 +22,11 @@ from tasks.evaluate import (
     reference_rows,
     verdict,
     write_learning_curve,
+    write_results,
 )
 from tasks.logs import get_logger
 from tasks.quora.pipeline import PIPELINE
-from tasks.storage import read_json, read_parquet, write_json
+from tasks.storage import read_json, read_parquet
 
 ROW_FIELDS = ("accuracy", "accuracy_ci", "f1", "roc_auc", "log_loss", "threshold")
 
@@ -49,8 +50,9 @@ def _scored(preds: pd.DataFrame, column: str, settings: QuoraSettings, seed: int
 
 @task(name="quora-evaluate")
 def evaluate_models(settings: QuoraSettings, common: CommonSettings, artifacts: Path,
-                    metrics_path: Path, plots: Path, curves: Path) -> dict:
-    """Write metrics/quora.json and plots/quora/*.png; log both to the training MLflow run."""
+                    results_path: Path, metrics_path: Path, plots: Path, curves: Path) -> dict:
+    """Write reports/quora/results.json, its summary metrics/quora.json and plots/quora/*.png;
+    log them to the training MLflow run."""
     trained = read_json(artifacts / "train.json")
     preds = read_parquet(artifacts / "predictions.parquet")
     main = trained["main"]
@@ -82,7 +84,7 @@ def evaluate_models(settings: QuoraSettings, common: CommonSettings, artifacts: 
     plot_roc(y_test, prob, plots / "roc.png")
     plot_learning_curve(main["history"], plots / "learning_curve.png")
     write_learning_curve(main["history"], curves / "learning_curve.csv")
-    write_json(metrics, metrics_path)
+    write_results(metrics, PIPELINE, results_path, metrics_path)
     log = get_logger()
     t = scored["test"]
     log.info("%s: test accuracy %.3f [%.3f, %.3f], F1 %.3f, ROC-AUC %.3f; majority %.3f",
@@ -100,15 +102,15 @@ def evaluate_models(settings: QuoraSettings, common: CommonSettings, artifacts: 
         tracking.log_metrics({k: v for k, v in metrics.items()
                               if k not in ("table", "config", "params", "references")})
         tracking.log_artifacts(plots, artifact_path="plots")
-        tracking.log_artifacts(metrics_path)
+        tracking.log_artifacts(results_path, metrics_path)
     tracking.register_model(common, trained_run, PIPELINE.model_name)
     return metrics
 
 
 def evaluate_stage(params) -> dict:
-    """quora_evaluate: metrics/quora.json and plots/quora."""
+    """quora_evaluate: reports/quora/results.json, metrics/quora.json and plots/quora."""
     from tasks.quora.paths import QuoraPaths
 
     paths = QuoraPaths()
-    return evaluate_models(params.quora, params.common, paths.artifacts, paths.metrics,
-                           paths.plots, paths.curves)
+    return evaluate_models(params.quora, params.common, paths.artifacts, paths.results,
+                           paths.metrics, paths.plots, paths.curves)

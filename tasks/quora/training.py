@@ -25,7 +25,7 @@ from tasks.quora.modeling import (
     pair_loader,
     probabilities,
 )
-from tasks.storage import read_json, read_npy, read_parquet, write_json, write_parquet
+from tasks.storage import read_json, read_npy, read_parquet, write_json, write_parquet, write_torch
 from tasks.train import FitConfig, fit, seed_everything
 
 
@@ -141,7 +141,7 @@ def train_models(settings: QuoraSettings, common: CommonSettings, split_dir: Pat
                          len(fitted["history"]))
                 if cfg.get("main"):
                     summary["main"] = entry
-                    torch.save(model.cpu().state_dict(), out_dir / "model.pt")
+                    write_torch(model.cpu().state_dict(), out_dir / "model.pt")
         # in the stage's run; evaluate registers it
         log_pyfunc(settings, summary["main"], pairs, embed_dir, out_dir / "model.pt")
         vectors = read_json(embed_dir / "embed.json")["sets"][0]  # the TF-IDF-weighted set

@@ -42,7 +42,13 @@ class KineticsPaths:
         return self.root / "artifacts/checkpoints" / stage
 
     @property
+    def results(self) -> Path:
+        """Everything evaluate found (the report site reads it)."""
+        return self.root / "reports/kinetics/results.json"
+
+    @property
     def metrics(self) -> Path:
+        """The summary a person compares across experiments (DVC's metrics)."""
         return self.root / "metrics/kinetics.json"
 
     @property

@@ -19,6 +19,8 @@ PIPELINE = Pipeline(
     data_reports=(str(P.manifest / "download.json"), str(P.report)),
     model_name="kinetics-besnet",
     metrics_file=str(P.metrics),
+    results_file=str(P.results),
+    summary=(("top5", "test.top5"),),
     headline="test.top1",
     baselines=("baselines.chance.top1",),
     references=(
@@ -50,8 +52,7 @@ PIPELINE = Pipeline(
         Stage("kinetics_index", "tasks.video.frames:index_stage",
               "one row per usable clip, and the data report",
               params=("kinetics.frames.storage",),
-              deps=(str(P.manifest), str(P.frames)), outs=(str(P.index),),
-              metrics=(str(P.report),)),
+              deps=(str(P.manifest), str(P.frames)), outs=(str(P.index), str(P.report))),
         Stage("kinetics_split", "tasks.video.splits:split_stage",
               "train / train-dev / val / test clips (10% of train as val when the list has "
               "none; val reported when it has no test)",
@@ -81,7 +82,7 @@ PIPELINE = Pipeline(
               code_files=(MODEL_LOADER,),
               deps=(str(P.split), str(P.manifest), str(P.frames), str(P.artifacts / "besnet"),
                     str(P.artifacts / "besnet_fixed"), str(P.artifacts / "baseline")),
-              metrics=(str(P.metrics),), plots=(str(P.plots),),
+              outs=(str(P.results),), metrics=(str(P.metrics),), plots=(str(P.plots),),
               curves=(Curve(str(P.curves / "learning_curve.csv"), "kinetics: BesNet learning curve",
                             "epoch", LOSSES, "loss"),)),
     ),

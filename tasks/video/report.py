@@ -26,9 +26,10 @@ from tasks.evaluate import (
     topk_accuracy,
     verdict,
     write_learning_curve,
+    write_results,
 )
 from tasks.logs import get_logger
-from tasks.storage import read_json, write_json
+from tasks.storage import read_json
 from tasks.train import predict
 from tasks.video.modeling import clip_loader, fresh_model
 from tasks.video.pipeline import PIPELINE
@@ -131,8 +132,8 @@ def split_errors(model: nn.Module, splits: ClipSplits, settings: KineticsSetting
 
 
 def evaluate_models(settings: KineticsSettings, common: CommonSettings, split_dir: Path,
-                    classes_path: Path, artifacts: Path, metrics_path: Path, plots: Path,
-                    curves: Path, device: torch.device) -> dict:
+                    classes_path: Path, artifacts: Path, results_path: Path,
+                    metrics_path: Path, plots: Path, curves: Path, device: torch.device) -> dict:
     """Score every model kinetics_train / kinetics_baseline wrote on kinetics_split's test
     clips; metrics JSON, plots, MLflow."""
     log = get_logger()
@@ -181,7 +182,7 @@ def evaluate_models(settings: KineticsSettings, common: CommonSettings, split_di
     metrics["verdict"] = verdict(metrics["test"], metrics["baselines"], "top1")
     metrics["references"] = reference_rows(PIPELINE.references, metrics)
     log.info("besnet: %s", metrics["verdict"]["text"])
-    write_json(metrics, metrics_path)
+    write_results(metrics, PIPELINE, results_path, metrics_path)
     trained_run = tracking.run_that_wrote(common, "kinetics", artifacts / "besnet" / SUMMARY_FILE)
     with tracking.run(common, "kinetics", "kinetics-evaluate", run_id=trained_run):
         # per-class accuracies stay in the JSON: class names are not valid MLflow metric keys
@@ -190,7 +191,7 @@ def evaluate_models(settings: KineticsSettings, common: CommonSettings, split_di
              if k in ("test", "baselines", "ablation", "besnet_fixed", "diagnosis", "verdict")},
             "per_class"))
         tracking.log_artifacts(plots, artifact_path="plots")
-        tracking.log_artifacts(metrics_path)
+        tracking.log_artifacts(results_path, metrics_path)
     tracking.register_model(common, trained_run, PIPELINE.model_name)
     return metrics
 
@@ -202,5 +203,6 @@ def evaluate_stage(params) -> dict:
 
     paths = KineticsPaths()
     return evaluate_models(params.kinetics, params.common, paths.split,
-                           paths.manifest / "classes.json", paths.artifacts, paths.metrics,
-                           paths.plots, paths.curves, resolve_device(params.common.device))
+                           paths.manifest / "classes.json", paths.artifacts, paths.results,
+                           paths.metrics, paths.plots, paths.curves,
+                           resolve_device(params.common.device))

@@ -21,7 +21,7 @@ from tasks import distributed, tracking
 from tasks.config import CommonSettings, KineticsSettings, flat_params
 from tasks.fingerprint import code_digest
 from tasks.logs import get_logger
-from tasks.storage import atomic_path, read_json, read_parquet, write_json
+from tasks.storage import read_json, read_parquet, write_json, write_torch
 from tasks.train import FitConfig, fit, seed_everything
 from tasks.video.modeling import clip_loader, fresh_model
 from tasks.video.preprocess import normalize_clips
@@ -76,9 +76,11 @@ def train_model(name: str, model: nn.Module, splits: ClipSplits, settings: Kinet
                  prepare=normalize_clips)
     get_logger().info("%s: best epoch %d of %d (val loss %.4f)", name, result.best_epoch,
                       len(result.history), result.best_val_loss)
+    if distributed.is_main():  # how this run went, not what it made: MLflow, not train.json
+        tracking.log_metrics({"resumed_from_epoch": result.resumed_from_epoch,
+                              "steps_run": result.steps_run})
     return {"history": result.history, "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
-            "resumed_from_epoch": result.resumed_from_epoch,
             "params": sum(p.numel() for p in model.parameters())}
 
 
@@ -93,9 +95,7 @@ def drop_stale_checkpoints(current: Path) -> None:
 
 def save_model(model: nn.Module, dest: Path) -> Path:
     """The trained weights (state dict, loadable with weights_only=True), atomically."""
-    with atomic_path(dest) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    return dest
+    return write_torch({k: v.detach().cpu() for k, v in model.state_dict().items()}, dest)
 
 
 def log_pyfunc(settings: KineticsSettings, test: pd.DataFrame, classes_path: Path,

@@ -10,7 +10,8 @@ from tests.flows.repo_copy import repo_env, small_repo
 
 pytestmark = pytest.mark.slow
 TARGETS = ["crypto_evaluate", "quora_evaluate"]
-METRICS = ["metrics/crypto.json", "metrics/quora.json"]
+METRICS = ["metrics/crypto.json", "metrics/quora.json", "reports/crypto/results.json",
+           "reports/quora/results.json"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 

@@ -184,7 +184,7 @@ def test_a_night_with_new_candles_retrains_and_judges_on_the_new_test_data(
     assert verdict["challenger"] == "2" and verdict["champion"] == "1"
     # the test window moved with the data, so v1 was re-scored on it the way evaluate scores
     assert "re-scored on tonight's test data" in verdict["reason"]
-    metrics = json.loads((repo / "metrics/crypto.json").read_text())
+    metrics = json.loads((repo / "reports/crypto/results.json").read_text())
     assert verdict["new"] == metrics["test"]["accuracy"]
     mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
     v2 = registered_network("models:/crypto-next-move/2")  # the pyfunc's network

@@ -76,8 +76,8 @@ def crypto(store, tmp_path_factory) -> dict:
         paths.artifacts.mkdir(parents=True)
         train_models.fn(crypto, common, paths.features, paths.splits, paths.artifacts, CPU,
                         paths.ingest_report)
-        evaluate_models.fn(crypto, common, paths.splits, paths.artifacts, paths.metrics,
-                           paths.plots, paths.curves)
+        evaluate_models.fn(crypto, common, paths.splits, paths.artifacts, paths.results,
+                           paths.metrics, paths.plots, paths.curves)
     return {"paths": paths, "common": common, "name": "crypto-next-move",
             "version": version_of(common, "crypto-next-move")}
 
@@ -103,7 +103,8 @@ def quora(store, tmp_path_factory) -> dict:
     embed_questions.fn(q, paths.split, paths.embed, common.seed)
     paths.artifacts.mkdir(parents=True)
     train_models.fn(q, common, paths.split, paths.embed, paths.artifacts, CPU)
-    evaluate_models.fn(q, common, paths.artifacts, paths.metrics, paths.plots, paths.curves)
+    evaluate_models.fn(q, common, paths.artifacts, paths.results, paths.metrics, paths.plots,
+                       paths.curves)
     return {"paths": paths, "common": common, "name": "quora-duplicates",
             "version": version_of(common, "quora-duplicates")}
 

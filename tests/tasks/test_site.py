@@ -41,7 +41,7 @@ def quora_metrics() -> dict:
 @pytest.fixture
 def results(tmp_path):
     spec = declaration("quora")
-    write_json(quora_metrics(), tmp_path / spec.metrics_file)
+    write_json(quora_metrics(), tmp_path / spec.results_file)
     write_json({"source": "live", "rows_in": 10, "rows_kept": 9,
                 "quarantined": {"bad <quote>": 1},
                 "download": {"url": "https://example.org/quora_duplicate_questions.tsv"}},
@@ -74,7 +74,7 @@ def test_pages_are_self_contained_and_mark_every_headline_number(results):
 def test_a_pipeline_that_has_not_run_is_said_so(results):
     build_site(results, results / "reports/site")
     crypto = (results / "reports/site/crypto.html").read_text()
-    assert "Not run yet" in crypto and "metrics/crypto.json" in crypto
+    assert "Not run yet" in crypto and "reports/crypto/results.json" in crypto
     assert "not run yet" in (results / "reports/site/index.html").read_text()
 
 
@@ -106,7 +106,7 @@ def test_the_stage_reads_what_it_shows():
     deps = set(site_deps())
     for name in ("crypto", "quora", "kinetics"):
         spec = declaration(name)
-        assert spec.metrics_file in deps and set(spec.data_reports) <= deps
+        assert spec.results_file in deps and set(spec.data_reports) <= deps
         assert all(f in deps for s in spec.stages for f in s.plots)
     assert {"reports/ablations", "reports/nightly"} <= deps
     for folder in ("reports/ablations", "reports/nightly"):  # in git, so they always exist

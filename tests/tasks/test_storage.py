@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from tasks.storage import atomic_dir, read_json, write_json
+from tasks.storage import atomic_dir, read_json, write_json, write_torch
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
@@ -31,3 +31,16 @@ def test_a_failed_folder_write_keeps_the_old_folder(tmp_path):
         raise RuntimeError("half way")
     assert [p.name for p in (tmp_path / "site").iterdir()] == ["old.html"]
     assert [p.name for p in tmp_path.iterdir()] == ["site"]
+
+
+def test_saved_tensors_are_the_same_bytes_wherever_they_are_written(tmp_path):
+    """A forced rerun that computes the same weights must leave the same bytes (DVC compares
+    hashes): torch.save to a path would name the archive after the temporary file."""
+    import torch
+
+    weights = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(2)}
+    first = write_torch(weights, tmp_path / "a" / "model.pt").read_bytes()
+    second = write_torch(dict(weights), tmp_path / "b" / "other.pt").read_bytes()
+    assert first == second
+    assert torch.equal(torch.load(tmp_path / "b" / "other.pt", weights_only=True)["w"],
+                       weights["w"])

@@ -43,8 +43,8 @@ def run(tmp_path_factory):
     paths.artifacts.mkdir(parents=True)
     train = train_models.fn(crypto, common, paths.features, paths.splits, paths.artifacts,
                             torch.device("cpu"), paths.ingest_report)
-    metrics = evaluate_models.fn(crypto, common, paths.splits, paths.artifacts, paths.metrics,
-                                 paths.plots, paths.curves)
+    metrics = evaluate_models.fn(crypto, common, paths.splits, paths.artifacts, paths.results,
+                                 paths.metrics, paths.plots, paths.curves)
     return {"ingest": ingest, "split": split, "train": train, "metrics": metrics,
             "paths": paths, "common": common}
 
@@ -61,8 +61,8 @@ def test_split_is_leak_checked_and_chronological(run):
     assert ranges["train"][1] < ranges["val"][0] and ranges["val"][1] < ranges["test"][0]
 
 
-def test_metrics_file_has_the_interface_keys(run):
-    metrics = read_json(run["paths"].metrics)
+def test_results_file_has_the_interface_keys(run):
+    metrics = read_json(run["paths"].results)
     for dotted in ("test.accuracy", "test.accuracy_ci.low", "test.accuracy_ci.high", "baselines.majority.accuracy",
                    "baselines.persistence.accuracy", "leak_audit.leaky.accuracy",
                    "leak_audit.leak_free.accuracy", "backtest.sharpe",
@@ -74,6 +74,10 @@ def test_metrics_file_has_the_interface_keys(run):
     low, high = metrics["test"]["accuracy_ci"]["low"], metrics["test"]["accuracy_ci"]["high"]
     assert low <= metrics["test"]["accuracy"] <= high
     assert metrics["verdict"]["text"].startswith(("skill", "no evidence"))
+    summary = read_json(run["paths"].metrics)  # DVC's metrics: the scalars to compare
+    assert set(summary) == {"accuracy", "ci_low", "ci_high", "majority", "persistence",
+                            "logistic", "skill", "variance", "mismatch"}
+    assert (summary["accuracy"], summary["ci_low"]) == (metrics["test"]["accuracy"], low)
     assert {p.name for p in run["paths"].plots.iterdir()} >= {
         "equity.png", "roc.png", "confusion.png", "learning_curve.png", "leak_audit.png"}
 

@@ -33,7 +33,8 @@ def _run(tmp: Path, overrides: dict) -> tuple[QuoraPaths, dict]:
     embed_questions.fn(q, paths.split, paths.embed, c.seed)
     paths.artifacts.mkdir(parents=True)
     train_models.fn(q, c, paths.split, paths.embed, paths.artifacts, torch.device("cpu"))
-    return paths, evaluate_models.fn(q, c, paths.artifacts, paths.metrics, paths.plots, paths.curves)
+    return paths, evaluate_models.fn(q, c, paths.artifacts, paths.results, paths.metrics,
+                                     paths.plots, paths.curves)
 
 
 @pytest.fixture(scope="module", params=["siamese", "fc_head"])
@@ -53,7 +54,7 @@ def test_tfidf_siamese_beats_majority_with_its_whole_interval(random_split):
     assert metrics["verdict"]["strongest_baseline"] in ("majority", "logistic")
     for key in ("f1", "roc_auc", "log_loss", "accuracy_ci"):
         assert key in test
-    saved = read_json(paths.metrics)
+    saved = read_json(paths.results)
     assert saved["test"]["accuracy"] == test["accuracy"]
     assert {p.name for p in paths.plots.iterdir()} >= {"confusion.png", "roc.png"}
 
