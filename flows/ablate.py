@@ -172,16 +172,16 @@ def tag_runs(common: CommonSettings, pipeline: str, since_ms: int, tags: dict[st
     return len(runs)
 
 
-def parent_run(common: CommonSettings, grid: Grid) -> str:
-    """The MLflow run that will hold the table (not made active: the stages start their own)."""
+def parent_run(common: CommonSettings, grid: Grid, inputs: list[str]) -> str:
+    """The MLflow run that will hold the table (not made active: the stages start their own),
+    with the provenance every run has; `inputs`: the grid file and params.yaml."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
-    run = client.create_run(tracking.experiment_id(common, grid.pipeline),
-                            run_name=f"ablation:{grid.name}",
-                            tags={"ablation": grid.name, "pipeline": grid.pipeline})
-    client.log_param(run.info.run_id, "grid", grid.model_dump_json()[:6000])
-    return run.info.run_id
+    run_id = tracking.create_run(common, grid.pipeline, f"ablation:{grid.name}",
+                                 tags={"ablation": grid.name}, inputs=inputs)
+    MlflowClient(common.mlflow.tracking_uri).log_param(run_id, "grid",
+                                                       grid.model_dump_json()[:6000])
+    return run_id
 
 
 def finish_parent(run_id: str, report: Path, rows: list[dict]) -> None:
@@ -214,7 +214,8 @@ def ablate(pipeline: str, grid: str, seeds: int | None = None) -> dict[str, Any]
     tracking.configure(settings(store).common)
     seed_list = [common.seed + i for i in range(spec.seeds)]
     work, keys, log = root / WORK / pipeline / spec.name, data_params(pipeline), get_logger()
-    parent = parent_run(settings(store).common, spec)
+    grid_file = [grid] if Path(grid).is_file() else []
+    parent = parent_run(settings(store).common, spec, [*grid_file, str(params_file)])
     results: dict[str, dict[int, dict]] = {}
     for name, config in spec.configs.items():
         data_dir = prepare_data(pipeline, {**store, **data_overrides(config.set, keys)}, work,

@@ -160,7 +160,9 @@ def run_stage(stage: Stage, overrides: Mapping[str, Any] | None = None) -> dict:
 
     view = ParamsView(settings(overrides), stage.params, stage.name)
     tracking.set_stage_inputs([*stage.deps, *_input_paths(view, stage)])
-    return stage.callable()(view)
+    result = stage.callable()(view)
+    view.log_reads()
+    return result
 
 
 def _input_paths(view: ParamsView, stage: Stage) -> list[str]:

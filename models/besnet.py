@@ -178,6 +178,10 @@ class BesNet(nn.Module):
             return []
         return [conv.draw() for conv in self.random_dilation_convs()]
 
+    # one graph for every dilation draw (tests/models/test_besnet_compile.py): `fit` compiles
+    # it with fullgraph=True, so a future graph break fails loudly instead of running slower
+    one_graph = True
+
     def compile(self, *args, **kwargs) -> None:
         """torch.compile forward after its dilation draw (arguments as torch.compile's); the
         graph takes the drawn dilations as data, so no draw recompiles it."""

@@ -351,6 +351,11 @@ class ViewAverage(nn.Module):
         super().__init__()
         self.model = model
 
+    @property
+    def one_graph(self) -> bool:
+        """The wrapped model compiles to one graph (it says so; see tasks.train.fit)."""
+        return getattr(self.model, "one_graph", False)
+
     def compile(self, *args, **kwargs) -> None:
         """Compile the wrapped model by its own compile() (BesNet's keeps its dilation draw
         outside the graph); the view averaging stays eager."""

@@ -9,6 +9,8 @@ stage that reads a key it does not declare fails, naming the key.
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -164,6 +166,9 @@ def _under(key: str, declared: Iterable[str]) -> bool:
     return _allowed(key, declared) or any(d.startswith(f"{key}.") for d in declared)
 
 
+READS_LOG = "REPROLAB_PARAMS_READ"
+
+
 class UndeclaredParam(ConfigError):
     """A stage read a params.yaml key its declaration does not list (dvc.yaml would miss it)."""
 
@@ -211,11 +216,14 @@ class ParamsView:
         raise AttributeError("settings are read-only")
 
     def __iter__(self) -> Iterator[tuple[str, Any]]:
-        """(name, value) of the declared fields only: what a stage may log or hash."""
+        """(name, value) of the declared fields only: what a stage may log or hash. Not
+        recorded as read: a key that is only logged or hashed is read by nothing."""
         for name in type(self._model).model_fields:
             key = self._child(name)
             if _under(key, self._declared):
-                yield name, getattr(self, name)
+                value = getattr(self._model, name)
+                yield name, (ParamsView(value, self._declared, self._stage, key, set())
+                             if _is_section(value) else value)
 
     def model_copy(self, update: dict[str, Any] | None = None) -> Any:
         """A plain copy of a whole declared section (every field is read)."""
@@ -229,6 +237,15 @@ class ParamsView:
     @property
     def keys_read(self) -> set[str]:
         return set(self._read)
+
+    def log_reads(self) -> None:
+        """Append the keys this stage read to the file REPROLAB_PARAMS_READ names, if set
+        (the end-to-end test checks that every params.yaml key is read by something)."""
+        dest = os.environ.get(READS_LOG)
+        if dest:
+            line = json.dumps({"stage": self._stage, "read": sorted(self._read)}) + "\n"
+            with open(dest, "a", encoding="utf-8") as fh:
+                fh.write(line)
 
     def __repr__(self) -> str:
         return f"ParamsView({self._path or 'params'}, declared={list(self._declared)})"

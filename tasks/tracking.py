@@ -114,14 +114,33 @@ def run(common: CommonSettings, pipeline: str, run_name: str, *,
     if run_id is not None:
         ctx = mlflow.start_run(run_id=run_id, nested=nested)
     else:
-        run_tags = {"pipeline": pipeline, **provenance.tags(_stage_inputs), **(tags or {})}
         ctx = mlflow.start_run(experiment_id=experiment_id(common, pipeline), run_name=run_name,
-                               nested=nested, tags=run_tags,
+                               nested=nested, tags=new_run_tags(pipeline, tags),
                                log_system_metrics=common.mlflow.system_metrics)
     with ctx as active:
         if params:
             log_params(params)
         yield active
+
+
+def new_run_tags(pipeline: str, tags: Mapping[str, str] | None = None,
+                 inputs: list[str] | None = None) -> dict[str, str]:
+    """What every new run of the project is tagged with: its pipeline and provenance (git,
+    lock, the DVC hashes of its inputs: the stage's unless `inputs` names others, versions)."""
+    return {"pipeline": pipeline,
+            **provenance.tags(_stage_inputs if inputs is None else inputs), **(tags or {})}
+
+
+def create_run(common: CommonSettings, pipeline: str, run_name: str, *,
+               tags: Mapping[str, str] | None = None, inputs: list[str] | None = None) -> str:
+    """A new run not made active (a parent whose children other processes start), tagged
+    like every other; returns its id."""
+    from mlflow.tracking import MlflowClient
+
+    configure(common)
+    client = MlflowClient(common.mlflow.tracking_uri)
+    return client.create_run(experiment_id(common, pipeline), run_name=run_name,
+                             tags=new_run_tags(pipeline, tags, inputs)).info.run_id
 
 
 def log_params(params: Mapping[str, Any]) -> None:

@@ -338,7 +338,9 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, loss
     seed_everything(config.seed)  # every rank alike, so rank 0's saved RNG state fits them all
     _to_device(model, device)
     if compiles(config.compile, device):
-        model.compile()  # nn.Module.compile, or the model's own (BesNet: after its draw)
+        # nn.Module.compile, or the model's own (BesNet: after its draw); a model its tests
+        # prove one graph (`one_graph`) compiles with fullgraph, so a graph break is an error
+        model.compile(fullgraph=getattr(model, "one_graph", False))
     net: nn.Module = model  # what runs forward and backward; `model` holds the state dicts
     if n_ranks > 1:
         rank = distributed.rank()

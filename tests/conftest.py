@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.ci_skips", "pytester"]
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 VENV_BIN = Path(sys.executable).parent
@@ -55,6 +57,34 @@ def wait_for_http(url: str, timeout: float, proc: subprocess.Popen | None = None
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"{url} not healthy after {timeout:.0f} s")
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_restored():
+    """A test (or the code it runs: tasks.tracking.configure) that points MLflow's global
+    tracking URI somewhere leaves it as it found it, so no later test writes there."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in sys.modules and os.environ.get("MLFLOW_TRACKING_URI") != before:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)
+
+
+@pytest.fixture(scope="session")
+def encoded_clip(tmp_path_factory) -> Path:
+    """A real encoded video made here, like a Kinetics section: 10 s, 340x256, 28 fps H.264
+    with AAC audio, index (moov) at the end, from ffmpeg's lavfi sources (a test that needs
+    *a* video never depends on, or skips for, the shared samples)."""
+    from tasks.media import ffmpeg_path
+
+    path = tmp_path_factory.mktemp("clip") / "testsrc2.mp4"
+    subprocess.run([ffmpeg_path(), "-nostdin", "-loglevel", "error",
+                    "-f", "lavfi", "-i", "testsrc2=size=340x256:rate=28:duration=10",
+                    "-f", "lavfi", "-i", "sine=frequency=440:duration=10",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
+                    str(path)], check=True, timeout=120)
+    return path
 
 
 @pytest.fixture

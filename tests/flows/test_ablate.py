@@ -3,8 +3,8 @@
 in reports/ablations/crypto.md; a rerun resumes instead of retraining; the workspace's own DVC
 outputs and model registry are left alone."""
 
-import mlflow
 import pytest
+from mlflow.tracking import MlflowClient
 
 from tests.conftest import VENV_BIN
 from tests.flows.repo_copy import repo_env, run, small_repo
@@ -31,9 +31,13 @@ def ablated(tmp_path_factory, prefect_server):
     return repo, env, cmd, first
 
 
+def _client(repo) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+
+
 def _runs(repo):
-    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
-    return mlflow.search_runs(experiment_names=["reprolab-crypto"], output_format="list")
+    client = _client(repo)
+    return client.search_runs([client.get_experiment_by_name("reprolab-crypto").experiment_id])
 
 
 def test_the_table_has_every_config_with_intervals_and_the_paired_difference(ablated):
@@ -54,10 +58,15 @@ def test_every_run_is_tagged_under_the_grids_parent_run(ablated):
     assert sorted((r.data.tags["ablation.config"], r.data.tags["ablation.seed"])
                   for r in children) == [("erase_relu", "42"), ("erase_relu", "43"),
                                          ("relu", "42"), ("relu", "43")]
-    artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(
-        parent.info.run_id)}
+    artifacts = {a.path for a in _client(repo).list_artifacts(parent.info.run_id)}
     assert artifacts == {"crypto.md", "crypto.json"}
-    assert mlflow.tracking.MlflowClient().search_registered_models() == []
+    assert _client(repo).search_registered_models() == []
+    # the parent carries the provenance every run has: git, lock, versions, its inputs
+    tags = parent.data.tags
+    assert tags["pipeline"] == "crypto" and len(tags["reprolab.git_commit"]) == 40
+    assert tags["reprolab.lock_sha256"] != "unknown" and "reprolab.version.torch" in tags
+    [params_input] = [k for k in tags if k.startswith("reprolab.input.")]
+    assert params_input.endswith("params.yaml") and tags[params_input] != "unknown"
     assert not (repo / "data").exists() and not (repo / "metrics").exists()
 
 

@@ -68,10 +68,10 @@ def test_the_callback_leaves_training_exactly_as_without_it(tmp_path):
     assert steps == [4.0, 8.0, 12.0, 16.0, 20.0, 24.0]  # 8 batches an epoch, 3 epochs
     row = probed.diagnostics[-1]
     assert -1 <= row["grad_autocorr_lag1"] <= 1 and 0 <= row["coactivation_mean"] <= 1
-    history = mlflow.tracking.MlflowClient().get_metric_history(
-        run.info.run_id, "diag.grad_autocorr_lag1")
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    history = client.get_metric_history(run.info.run_id, "diag.grad_autocorr_lag1")
     assert [m.step for m in history] == [4, 8, 12, 16, 20, 24]
-    artifacts = mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id, "diagnostics")
+    artifacts = client.list_artifacts(run.info.run_id, "diagnostics")
     assert [a.path for a in artifacts] == ["diagnostics/gradients.png"]
 
 

@@ -1,4 +1,4 @@
-"""tasks/media.py: the ffmpeg resolver and the PyAV probe, on the shared real clips."""
+"""tasks/media.py: the ffmpeg resolver and the PyAV probe, on a clip encoded here."""
 import os
 import subprocess
 from pathlib import Path
@@ -7,15 +7,6 @@ import pytest
 
 from tasks.errors import DataError
 from tasks.media import ffmpeg_dir, ffmpeg_path, path_with_ffmpeg, probe_video
-
-KINETICS = Path(__file__).resolve().parents[3] / "shared" / "data" / "kinetics"
-ARM_WRESTLING = KINETICS / "k400_arm_wrestling_mmaction2_demo.mp4"
-
-
-def real_clip() -> Path:
-    if not ARM_WRESTLING.is_file():
-        pytest.skip(f"shared sample {ARM_WRESTLING} is absent")
-    return ARM_WRESTLING
 
 
 def test_ffmpeg_path_is_executable_and_runs():
@@ -34,8 +25,8 @@ def test_ffmpeg_dir_holds_an_executable_named_ffmpeg():
     assert env["PATH"].split(os.pathsep)[0] == ffmpeg_dir()
 
 
-def test_probe_real_clip():
-    info = probe_video(real_clip())
+def test_probe_encoded_clip(encoded_clip):
+    info = probe_video(encoded_clip)
     assert info.duration == pytest.approx(10.0, abs=0.2)
     assert (info.width, info.height) == (340, 256)
     assert 20 < info.fps < 31
@@ -54,10 +45,10 @@ def test_probe_missing_file_is_a_data_error(tmp_path):
         probe_video(tmp_path / "absent.mp4")
 
 
-def test_probe_truncated_clip_is_an_error_or_short(tmp_path):
-    data = real_clip().read_bytes()
+def test_probe_truncated_clip_is_an_error_or_short(tmp_path, encoded_clip):
+    data = encoded_clip.read_bytes()
     cut = tmp_path / "cut.mp4"
-    cut.write_bytes(data[: len(data) // 2])  # the real clip keeps its index (moov) at the end
+    cut.write_bytes(data[: len(data) // 2])  # the clip keeps its index (moov) at the end
     try:
         info = probe_video(cut)
     except DataError:

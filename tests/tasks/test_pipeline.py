@@ -108,6 +108,10 @@ def test_pydantic_defaults_equal_params_yaml():
     differ = {k: (defaults.get(k), shipped.get(k)) for k in set(defaults) | set(shipped)
               if defaults.get(k, "<absent>") != shipped.get(k, "<absent>")}
     assert not differ
+    # and params.yaml spells out every key: one it lacks would silently take its default
+    written = set(_leaves(yaml.safe_load((ROOT / "params.yaml").read_text())))
+    assert set(defaults) == written, {"only in the models": set(defaults) - written,
+                                      "only in params.yaml": written - set(defaults)}
 
 
 def test_no_params_yaml_key_is_dead():

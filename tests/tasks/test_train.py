@@ -127,6 +127,22 @@ def test_compile_auto_means_cuda_only_and_fit_compiles_when_told(monkeypatch):
         fit(model, train, val, nn.BCEWithLogitsLoss(),
             FitConfig(epochs=1, lr=1e-3, compile=setting, seed=0), CPU)
         assert len(calls) == expected, setting
+    assert calls == [{"fullgraph": False}]  # no test proves this model one graph
+    model, calls = _model("mlp"), []
+    model.one_graph = True  # as BesNet says: a graph break must then fail, not slow down
+    monkeypatch.setattr(model, "compile", lambda *a, **k: calls.append(k))
+    fit(model, train, val, nn.BCEWithLogitsLoss(),
+        FitConfig(epochs=1, lr=1e-3, compile=True, seed=0), CPU)
+    assert calls == [{"fullgraph": True}]
+
+
+def test_the_models_their_tests_prove_one_graph_say_so():
+    from models.besnet import BesNet
+    from models.frame_baseline import FrameBaseline
+    from models.layers import ViewAverage
+
+    assert ViewAverage(BesNet(num_classes=3, layers=(1, 1, 1, 1))).one_graph
+    assert not ViewAverage(FrameBaseline(num_classes=3)).one_graph
 
 
 def test_channels_last_layout_for_4d_and_5d_tensors_only():
@@ -141,7 +157,7 @@ def test_channels_last_layout_for_4d_and_5d_tensors_only():
     assert _split_batch([clip, torch.zeros(2)], CPU)[0][0].is_contiguous()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_on_cuda_conv_kernels_and_clip_batches_take_channels_last():
     cuda = torch.device("cuda")
     model = _to_device(nn.ModuleDict({"clip": nn.Conv3d(3, 4, 3), "frame": nn.Conv2d(3, 4, 3),

@@ -2,10 +2,10 @@
 and the leak audit exposing the illusion. No lucky accuracy is asserted."""
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
 from tasks import tracking
 from tasks.config import load_params
@@ -96,12 +96,12 @@ def test_price_regressor_is_no_better_than_copying_the_last_price(run):
 
 
 def test_mlflow_run_holds_params_metrics_and_model(run):
-    mlflow.set_tracking_uri(run["common"].mlflow.tracking_uri)
+    client = MlflowClient(tracking_uri=run["common"].mlflow.tracking_uri)
     run_id = tracking.run_that_wrote(run["common"], "crypto", run["paths"].artifacts / "train.json")
-    found = mlflow.get_run(run_id)  # train's run, which evaluate resumed
+    found = client.get_run(run_id)  # train's run, which evaluate resumed
     assert found.data.params["crypto.source"] == "file"
     assert "test.accuracy" in found.data.metrics and "val_loss" in found.data.metrics
-    history = mlflow.tracking.MlflowClient().get_metric_history(found.info.run_id, "val_loss")
+    history = client.get_metric_history(found.info.run_id, "val_loss")
     assert len(history) == len(run["train"]["history"])
     assert not any("key" in k.lower() or "secret" in k.lower() for k in found.data.params
                    if not k.endswith(("_env", "secret_block")))

@@ -4,12 +4,14 @@ search of everything the run left behind for the key and the secret."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from flows.crypto import FLOWS  # imported at collection: Prefect sets up logging before caplog
+from tests.conftest import send_prefect_logs
 from tests.fakes.exchange import FakeBinance
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -104,6 +106,10 @@ def test_api_keys_never_leave_the_client_in_a_flow_run(prefect_api, prefect_serv
         "python log": [], "stdout": [], "stderr": [], "Prefect API logs": [],
         "Prefect flow/task runs": []}
     assert file_leaks(tmp_path) == {}  # data/, reports/ and anything else the run wrote
+    send_prefect_logs()  # what the runs left queued reaches the server's database first
     stored = b"".join(p.read_bytes() for p in prefect_home.rglob("prefect.db*"))
-    assert b"fetching since" in stored  # the server's database holds this run's logs
+    for run_state in (state, failed):  # the server's database holds these very runs...
+        run_id = run_state.state_details.flow_run_id
+        assert str(run_id).encode() in stored or run_id.hex.encode() in stored, run_id
     assert file_leaks(prefect_home) == {}  # ...but not the key or secret (WAL included)
+    assert file_leaks(Path(os.environ["PREFECT_HOME"])) == {}  # nor this process's home

@@ -20,9 +20,6 @@ from tasks.video.frames import INDEX_COLUMNS, build_index, extract_all, extract_
 from tasks.video.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parents[3]
-SHARED = Path(__file__).resolve().parents[4] / "shared" / "data" / "kinetics"
-REAL = SHARED / "k400_arm_wrestling_mmaction2_demo.mp4"  # 10 s, 340x256, 28 fps
-needs_real = pytest.mark.skipif(not REAL.exists(), reason=f"{REAL} is absent")
 # extraction maps Prefect tasks: report them to the session's real server
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -52,17 +49,16 @@ def _manifest(ids: list[str], label_dir: str = "arm_wrestling") -> pd.DataFrame:
         "time_start": 0.0, "time_end": 10.0})
 
 
-def _place_clips(clips_dir: Path, ids: list[str], src: Path = REAL) -> None:
+def _place_clips(clips_dir: Path, ids: list[str], src: Path) -> None:
     (clips_dir / "arm_wrestling").mkdir(parents=True, exist_ok=True)
     for clip_id in ids:
         shutil.copyfile(src, clips_dir / "arm_wrestling" / f"{clip_id}.mp4")
 
 
 # ================================================================== one clip
-@needs_real
-def test_real_clip_gives_fps_times_duration_jpegs_at_short_side(tmp_path):
+def test_a_clip_gives_fps_times_duration_jpegs_at_short_side(tmp_path, encoded_clip):
     settings = KineticsFrames(fps=8, short_side=128)
-    out = extract_clip(REAL, tmp_path / "clip", settings)
+    out = extract_clip(encoded_clip, tmp_path / "clip", settings)
     frames = _jpegs(tmp_path / "clip")
     assert abs(len(frames) - 8 * 10) <= 2
     assert out["n_frames"] == len(frames) and out["fps"] == 8.0 and not out["skipped"]
@@ -70,7 +66,7 @@ def test_real_clip_gives_fps_times_duration_jpegs_at_short_side(tmp_path):
         assert min(img.size) == 128 and img.size == (out["width"], out["height"])
         assert img.size[0] % 2 == 0 and abs(img.size[0] / img.size[1] - 340 / 256) < 0.02
     assert _leftovers(tmp_path) == []
-    again = extract_clip(REAL, tmp_path / "clip", settings)
+    again = extract_clip(encoded_clip, tmp_path / "clip", settings)
     assert again["skipped"] and again["n_frames"] == out["n_frames"]
 
 
@@ -91,12 +87,11 @@ def test_video_storage_gives_probeable_mp4_of_right_size(tmp_path, portrait_clip
     assert [p.name for p in tmp_path.iterdir()] == ["p.mp4"]
 
 
-@needs_real
 @pytest.mark.parametrize("kind", ["truncated", "empty", "text"])
-def test_bad_inputs_raise_data_error(tmp_path, kind):
+def test_bad_inputs_raise_data_error(tmp_path, kind, encoded_clip):
     bad = tmp_path / "bad.mp4"
     if kind == "truncated":
-        data = REAL.read_bytes()
+        data = encoded_clip.read_bytes()
         bad.write_bytes(data[: len(data) // 3])
     elif kind == "empty":
         bad.write_bytes(b"")
@@ -108,15 +103,14 @@ def test_bad_inputs_raise_data_error(tmp_path, kind):
 
 
 # ================================================================== the stage
-@needs_real
-def test_extract_all_records_failures_and_rerun_skips_done(tmp_path):
+def test_extract_all_records_failures_and_rerun_skips_done(tmp_path, encoded_clip):
     clips, frames = tmp_path / "clips", tmp_path / "frames"
     ids = ["good0000000_000000_000010", "trunc000000_000000_000010",
            "empty000000_000000_000010", "text0000000_000000_000010",
            "missing0000_000000_000010"]
-    _place_clips(clips, ids[:1])
+    _place_clips(clips, ids[:1], encoded_clip)
     folder = clips / "arm_wrestling"
-    folder.joinpath(f"{ids[1]}.mp4").write_bytes(REAL.read_bytes()[:200_000])
+    folder.joinpath(f"{ids[1]}.mp4").write_bytes(encoded_clip.read_bytes()[:200_000])
     folder.joinpath(f"{ids[2]}.mp4").write_bytes(b"")
     folder.joinpath(f"{ids[3]}.mp4").write_text("hello\n")
     ledger = Ledger(tmp_path / "ledger.parquet")
@@ -143,7 +137,7 @@ def test_extract_all_records_failures_and_rerun_skips_done(tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "index.parquet"), index,
                                   check_dtype=False)
 
-    _place_clips(clips, ids[4:])  # the missing clip arrives
+    _place_clips(clips, ids[4:], encoded_clip)  # the missing clip arrives
     again = extract_all(_manifest(ids), clips, frames, settings, ledger)
     assert (again["skipped"], again["extracted"], again["failed"]) == (1, 1, 3)
     assert ids[4] not in set(ledger.frame["clip_id"])
@@ -237,13 +231,13 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 30.0) -> None:
         time.sleep(0.005)
 
 
-@needs_real
 @pytest.mark.parametrize("moment", ["after_first_clip", "while_ffmpeg_runs"])
 def test_killed_extraction_leaves_no_partial_clip_and_rerun_completes(tmp_path, moment,
-                                                                    prefect_server):
+                                                                    prefect_server,
+                                                                    encoded_clip):
     clips, frames = tmp_path / "clips", tmp_path / "frames"
     ids = [f"clip{i:07d}_000000_000010" for i in range(5)]
-    _place_clips(clips, ids)
+    _place_clips(clips, ids, encoded_clip)
     manifest = _manifest(ids)
     manifest.to_parquet(tmp_path / "manifest.parquet")
     label = frames / "arm_wrestling"

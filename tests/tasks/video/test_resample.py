@@ -70,7 +70,7 @@ def test_a_resize_batch_moves_like_a_tensor():
     assert torch.equal(moved.resize(), batch.resize())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_the_resize_on_cuda_equals_the_cpu_one():
     rng = np.random.default_rng(2)
     frames, box, size, flip = random_case(rng, k=4)
