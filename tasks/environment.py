@@ -26,9 +26,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOOK = "reprolab-environment.pth"
 
 
+def is_checkout(folder: str) -> bool:
+    return all(os.path.isfile(os.path.join(folder, name))
+               for name in ("dvc.yaml", os.path.join("tasks", "environment.py")))
+
+
 def project_root(root: str = ROOT) -> str | None:
-    """The checkout this module belongs to (None for an installed copy of the package)."""
-    return root if os.path.isfile(os.path.join(root, "dvc.yaml")) else None
+    """The checkout this process works for: the one it is started in (as git and Prefect's
+    own prefect.toml find theirs), else the one whose `.venv` runs it, else the one this
+    module belongs to; None for an installed copy of the package outside any checkout."""
+    for candidate in (os.getcwd(), os.path.dirname(sys.prefix), root):
+        if is_checkout(candidate):
+            return candidate
+    return None
 
 
 def interpreter_first(path: str, interpreter: str) -> str:

@@ -315,26 +315,21 @@ def metric_value(metrics: Mapping[str, Any], dotted: str) -> float:
     return float(lookup(metrics, dotted))
 
 
-DIAGNOSES = (("bias", "avoidable_bias"), ("variance", "variance"), ("mismatch", "data_mismatch"))
-
-
-def summary_metrics(results: Mapping[str, Any], headline: str,
+def summary_metrics(results: Mapping[str, Any], pipeline: str, headline: str,
                     extras: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """The scalars a person compares across experiments, for metrics/<pipeline>.json (what
-    `dvc metrics show` and `dvc exp show` list): the headline and its 95% interval, each
-    baseline's headline metric, the verdict, `extras` (name, dotted key) and the diagnosis's
-    gaps. Names are shared across pipelines, so the three files make one narrow table; the
-    rest of the results (what the site shows) stays in the results file."""
+    `dvc metrics show` and `dvc exp show` list): the headline (named `<pipeline>_<metric>`)
+    and its 95% interval, each baseline's headline metric, the verdict (`skill`) and the
+    declared `extras` (name, dotted key). The other names are shared by the pipelines, so the
+    three files make one table of a few columns, and the headline, which every experiment
+    moves, is a column of its own in `dvc exp show`; the rest stays in the results file."""
     metric = headline.rpartition(".")[2]
     ci = lookup(results, f"{headline}_ci")
-    out: dict[str, Any] = {metric: metric_value(results, headline),
+    out: dict[str, Any] = {f"{pipeline}_{metric}": metric_value(results, headline),
                            "ci_low": float(ci["low"]), "ci_high": float(ci["high"])}
     out.update({name: float(row[metric]) for name, row in results["baselines"].items()})
     out["skill"] = bool(results["verdict"]["beats_strongest_baseline"])
     out.update({name: metric_value(results, key) for name, key in extras})
-    diagnosis = results["diagnosis"]
-    out.update({name: float(diagnosis[key]) for name, key in DIAGNOSES
-                if diagnosis.get(key) is not None})
     return out
 
 
@@ -345,7 +340,7 @@ def write_results(results: Mapping[str, Any], spec: Any, results_path: Path,
     from tasks.storage import write_json
 
     write_json(results, results_path)
-    write_json(summary_metrics(results, spec.headline, spec.summary), metrics_path)
+    write_json(summary_metrics(results, spec.name, spec.headline, spec.summary), metrics_path)
 
 
 def reference_rows(references: Sequence[Any], metrics: Mapping[str, Any]) -> list[dict]:

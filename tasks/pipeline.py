@@ -225,6 +225,18 @@ class ParamsView:
                 yield name, (ParamsView(value, self._declared, self._stage, key, set())
                              if _is_section(value) else value)
 
+    def flat(self, prefix: str = "") -> dict[str, Any]:
+        """Every declared leaf under this view as {prefix + dotted key: value}, each recorded
+        as read: for code that uses them all (tasks.config.flat_params, for logging and
+        hashing, records nothing)."""
+        out: dict[str, Any] = {}
+        for name, value in self:
+            if isinstance(value, ParamsView):
+                out.update(getattr(self, name).flat(f"{prefix}{name}."))
+            else:
+                out[f"{prefix}{name}"] = getattr(self, name)
+        return out
+
     def model_copy(self, update: dict[str, Any] | None = None) -> Any:
         """A plain copy of a whole declared section (every field is read)."""
         self._check(self._path)

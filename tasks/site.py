@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -26,7 +25,7 @@ import tasks.quora.pipeline
 import tasks.video.pipeline  # noqa: F401
 from tasks.logs import get_logger
 from tasks.pipeline import Pipeline, Stage, declarations
-from tasks.storage import atomic_dir
+from tasks.storage import atomic_dir, read_json
 
 SITE = Path("reports/site")
 ABLATIONS = Path("reports/ablations")
@@ -202,7 +201,7 @@ def data_section(root: Path, spec: Pipeline) -> str:
     for rel in spec.data_reports:
         path = root / rel
         if path.exists():
-            rows = scalars(json.loads(path.read_text()))
+            rows = scalars(read_json(path))
             more = (f'<p class="mute">{len(rows) - DATA_ROWS} more fields in {text(rel)}</p>'
                     if len(rows) > DATA_ROWS else "")
             parts.append(f"<h3>{text(rel)}</h3>" + table(
@@ -217,7 +216,7 @@ def ablations_section(root: Path, spec: Pipeline) -> str:
     if not store.exists():
         return ""
     parts = []
-    for name, grid in sorted(json.loads(store.read_text()).items()):
+    for name, grid in sorted(read_json(store).items()):
         rows = [(text(r["config"]), text(r["metric"]), num(r["mean"], digits=4),
                  text(f"[{fmt(r['ci_low'], 4)}, {fmt(r['ci_high'], 4)}]"),
                  num(r.get("diff"), digits=4),
@@ -233,7 +232,7 @@ def ablations_section(root: Path, spec: Pipeline) -> str:
 def nights(root: Path) -> list[dict]:
     """Every recorded night, oldest first (reports/nightly/nights/*.json)."""
     folder = root / NIGHTLY / "nights"
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    return [read_json(p) for p in sorted(folder.glob("*.json"))]
 
 
 def night_rows(history: list[dict], pipeline: str) -> list[tuple[str, ...]]:
@@ -346,7 +345,7 @@ def pipeline_page(root: Path, spec: Pipeline, specs: list[Pipeline]) -> str:
                        f"<code>reprolab run {text(spec.name)}</code> or <code>dvc repro "
                        f"{text(spec.last.name)}</code>.</p>", "headline")
         return page(spec.title or spec.name, spec.name, specs, body)
-    metrics = json.loads(metrics_path.read_text())
+    metrics = read_json(metrics_path)
     variants = VARIANTS.get(spec.name)
     body = "".join([
         headline_section(metrics, spec), references_section(metrics),
@@ -364,7 +363,7 @@ def index_page(root: Path, specs: list[Pipeline]) -> str:
             cards.append(f'<section data-pipeline="{spec.name}"><h2><a href="{spec.name}.html">'
                          f"{text(spec.title)}</a></h2><p class=mute>not run yet</p></section>")
             continue
-        metrics = json.loads(path.read_text())
+        metrics = read_json(path)
         value, interval = headline_value(metrics, spec)
         cards.append(f'<section data-pipeline="{spec.name}"><h2><a href="{spec.name}.html">'
                      f'{text(spec.title)}</a></h2><p><span class="big">{num(value, spec.headline)}</span> '

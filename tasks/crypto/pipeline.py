@@ -14,6 +14,7 @@ PIPELINE = Pipeline(
     model_name="crypto-next-move",
     metrics_file=str(P.metrics),
     results_file=str(P.results),
+    summary=(("sharpe", "backtest.sharpe"),),
     headline="test.accuracy",
     baselines=("baselines.majority.accuracy", "baselines.persistence.accuracy"),
     references=(

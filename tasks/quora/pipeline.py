@@ -12,6 +12,7 @@ PIPELINE = Pipeline(
     model_name="quora-duplicates",
     metrics_file=str(P.metrics),
     results_file=str(P.results),
+    summary=(("f1", "test.f1"),),
     headline="test.accuracy",
     baselines=("baselines.majority.accuracy",),
     references=(

@@ -13,7 +13,7 @@ from torch import nn
 
 from models.layers import ViewAverage
 from tasks import tracking
-from tasks.config import CommonSettings, KineticsSettings, flat_params
+from tasks.config import CommonSettings, KineticsSettings
 from tasks.errors import DataError
 from tasks.evaluate import (
     diagnosis_line,
@@ -48,7 +48,7 @@ def recorded_params(settings: KineticsSettings, artifacts: Path) -> dict[str, An
         summary = artifacts / name / SUMMARY_FILE
         if summary.exists():
             recorded.update(read_json(summary).get("params", {}))
-    return {**recorded, **flat_params(settings, "kinetics.")}
+    return {**recorded, **settings.flat("kinetics.")}
 
 
 def as_settings(params: dict[str, Any]) -> KineticsSettings:

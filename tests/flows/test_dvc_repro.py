@@ -1,89 +1,119 @@
-"""`dvc repro` of every pipeline in a temporary copy of the repo on source: demo, each stage a
-real Prefect flow reporting to a real Prefect server; a second `dvc repro` reproduces nothing."""
+"""Every pipeline end to end in the README's fresh clone (tests/flows/conftest.py: `make demo`
+from a plain shell on CPU-small params, each stage a real Prefect flow reporting to a real
+Prefect server), then what DVC must get right: nothing stale after it, exactly the right stages
+stale after an edit, a failure that loses nothing, a forced rerun that changes nothing. Each
+test leaves the clone as it found it: the README walk (test_readme.py) goes on from there."""
 import json
-import uuid
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
-import mlflow
 import pandas as pd
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
-from tests.flows.repo_copy import repo_env, run, small_repo
+from tasks.pipeline import declaration, declarations
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
-KINETICS_KEYS = ["test.top1", "test.top5", "test.top1_ci.low", "baselines.frame_model.top1",
-                 "ablation.dilation.random", "ablation.dilation.fixed",
-                 "ablation.dilation.difference_ci.high", "diagnosis.variance",
-                 "diagnosis.dev_overfitting"]
-QUORA_KEYS = ["test.accuracy", "test.accuracy_ci.low", "test.f1", "test.roc_auc",
-              "diagnosis.avoidable_bias", "diagnosis.variance", "diagnosis.data_mismatch",
-              "baselines.majority.accuracy", "baselines.logistic.accuracy",
-              "baselines.logistic.accuracy_ci.low", "baselines.logistic.roc_auc",
-              "verdict.beats_strongest_baseline"]
-CRYPTO_KEYS = ["test.accuracy", "test.accuracy_ci.low", "test.accuracy_ci.high", "baselines.majority.accuracy",
-               "baselines.persistence.accuracy", "leak_audit.leaky.accuracy",
-               "leak_audit.leak_free.accuracy", "backtest.sharpe", "backtest.buy_and_hold_sharpe"]
+WIDTH = 200  # what DVC's own views must fit: a terminal, not a scroll
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, prefect_server):
-    repo = small_repo(tmp_path_factory.mktemp("repo"))
-    tag = f"test-{uuid.uuid4().hex}"  # this repro's flow runs, apart from the session's others
-    env = repo_env(prefect_server, PYTHONPATH=str(repo), REPROLAB_RUN_TAGS=tag)
-    first = run(["dvc", "repro"], repo, env)
-    env.pop("REPROLAB_RUN_TAGS")
-    return repo, env, first, tag
+def repo(readme_clone, prefect_server):
+    """The clone; its stage runs here report to the session's Prefect server (a newcomer's
+    plain shell would start an ephemeral server in every stage process: slower, the same)."""
+    readme_clone.shell.env["PREFECT_API_URL"] = prefect_server
+    yield readme_clone
+    del readme_clone.shell.env["PREFECT_API_URL"]
 
 
-def test_first_repro_runs_every_stage_as_a_flow(repo, prefect_server):
-    path, env, first, tag = repo
-    stages = list(yaml.safe_load((path / "dvc.yaml").read_text())["stages"])
-    for stage in stages:
-        assert f"Running stage '{stage}'" in first.stdout
-    runs = httpx.post(f"{prefect_server}/flow_runs/filter",
-                      json={"flow_runs": {"tags": {"all_": [tag]}}}).json()
+def dvc(repo, *args: str, check: bool = True):
+    return repo.shell.run(" ".join([".venv/bin/dvc", *args]), check=check)
+
+
+def stale(repo) -> set[str]:
+    return set(json.loads(dvc(repo, "status", "--json").stdout))
+
+
+def outputs(path: Path) -> dict[str, bytes]:
+    """Every file DVC tracks as an output, by path: what a failure must not lose."""
+    lock = yaml.safe_load((path / "dvc.lock").read_text())["stages"]
+    found = {}
+    for stage in lock.values():
+        for out in stage.get("outs", []):
+            target = path / out["path"]
+            files = sorted(target.rglob("*")) if target.is_dir() else [target]
+            found.update({str(f.relative_to(path)): f.read_bytes() for f in files if f.is_file()})
+    return found
+
+
+@contextmanager
+def left_as_found(repo):
+    """params.yaml, dvc.lock and every output as they were before the block (DVC's cache
+    holds each version), so the next test starts from the demo's results."""
+    kept = {name: (repo.path / name).read_bytes() for name in ("params.yaml", "dvc.lock")}
+    try:
+        yield
+    finally:
+        for name, data in kept.items():
+            (repo.path / name).write_bytes(data)
+        dvc(repo, "checkout", "--force", "--quiet")
+    assert stale(repo) == set()
+
+
+def client(repo) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{repo.path}/mlflow.db")
+
+
+def runs(repo, pipeline: str) -> list:
+    mlflow = client(repo)
+    return mlflow.search_runs([mlflow.get_experiment_by_name(f"reprolab-{pipeline}")
+                               .experiment_id])
+
+
+# ---------------------------------------------------------------- the demo, as it ran
+def test_every_stage_ran_once_as_a_flow_of_the_demo(repo, prefect_server):
+    stages = list(yaml.safe_load((repo.path / "dvc.yaml").read_text())["stages"])
+    found = httpx.post(f"{prefect_server}/flow_runs/filter",
+                       json={"flow_runs": {"tags": {"all_": [repo.tag]}}}).json()
     flows = {f["id"]: f["name"] for f in httpx.post(f"{prefect_server}/flows/filter",
                                                     json={}).json()}
     states: dict[str, list[str]] = {}
-    for r in runs:
+    for r in found:
         states.setdefault(flows[r["flow_id"]], []).append(r["state_type"])
-    # exactly one completed flow run per stage, from this repro (not from other tests' runs)
+    # exactly one completed flow run per stage, from this demo (not from other tests' runs)
     assert {s: states.get(s) for s in stages} == {s: ["COMPLETED"] for s in stages}, states
 
 
-def test_second_repro_reproduces_nothing_and_status_is_clean(repo):
-    path, env, _, _ = repo
-    second = run(["dvc", "repro"], path, env)
-    assert "Running stage" not in second.stdout
-    assert "up to date" in second.stdout
-    status = run(["dvc", "status", "--json"], path, env)
-    assert json.loads(status.stdout) == {}
+def test_a_second_repro_reproduces_nothing_and_status_is_clean(repo):
+    second = dvc(repo, "repro")
+    assert "Running stage" not in second.stdout and "up to date" in second.stdout
+    assert stale(repo) == set()
 
 
-@pytest.mark.parametrize(("path", "keys"), [("metrics/crypto.json", CRYPTO_KEYS),
-                                           ("metrics/quora.json", QUORA_KEYS),
-                                           ("reports/kinetics/data.json", ["clips", "classes"]),
-                                           ("metrics/kinetics.json", KINETICS_KEYS)])
-def test_metrics_show_lists_the_interface_keys(repo, path, keys):
-    repo_path, env, _, _ = repo
-    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo_path, env).stdout)
-    metrics = shown[""]["data"][path]["data"]
-    for dotted in keys:
-        node = metrics
-        for part in dotted.split("."):
-            assert part in node, dotted
-            node = node[part]
+def test_dvc_metrics_show_is_a_table_a_terminal_shows(repo):
+    """metrics/<pipeline>.json hold the scalars to compare, under names the pipelines share."""
+    shown = dvc(repo, "metrics", "show").stdout
+    assert max(len(line) for line in shown.splitlines()) <= WIDTH, shown
+    data = json.loads(dvc(repo, "metrics", "show", "--json").stdout)[""]["data"]
+    assert set(data) == {spec.metrics_file for spec in declarations()}
+    for spec in declarations():
+        summary = data[spec.metrics_file]["data"]
+        results = json.loads((repo.path / spec.results_file).read_text())
+        metric = spec.headline.rpartition(".")[2]
+        assert summary[f"{spec.name}_{metric}"] == results["test"][metric]
+        assert set(summary) >= {"ci_low", "ci_high", "skill", *results["baselines"]}
+        assert summary["skill"] == results["verdict"]["beats_strongest_baseline"]
 
 
 @pytest.mark.parametrize("name", ["crypto", "quora", "kinetics"])
-def test_every_metrics_file_has_baselines_a_verdict_and_the_notes_numbers(repo, name):
+def test_every_results_file_has_baselines_a_verdict_and_the_notes_numbers(repo, name):
     from tasks.evaluate import metric_value
-    from tasks.pipeline import declaration
 
-    repo_path, _, _, _ = repo
     spec = declaration(name)
-    metrics = json.loads((repo_path / spec.metrics_file).read_text())
+    metrics = json.loads((repo.path / spec.results_file).read_text())
     verdict = metrics["verdict"]
     metric = spec.headline.split(".")[-1]
     assert verdict["metric"] == metric and set(verdict["beats"]) == set(metrics["baselines"])
@@ -104,18 +134,16 @@ def test_every_metrics_file_has_baselines_a_verdict_and_the_notes_numbers(repo, 
 
 def test_the_report_site_reads_clean_in_a_real_browser(repo, tmp_path):
     """Every page opens headless with no failed request and no console error; every marked
-    number equals the metrics file; screenshots are not blank; a narrow window scrolls no
+    number equals the results file; screenshots are not blank; a narrow window scrolls no
     page sideways."""
     from selenium.webdriver.common.by import By
 
     from tasks.evaluate import metric_value
-    from tasks.pipeline import declarations
     from tests.flows.browser import chrome, console_errors, failed_requests, screenshot_is_blank
 
-    path, _, _, _ = repo
-    site = path / "reports/site"
+    site = repo.path / "reports/site"
     specs = {spec.name: spec for spec in declarations()}
-    metrics = {name: json.loads((path / spec.metrics_file).read_text())
+    metrics = {name: json.loads((repo.path / spec.results_file).read_text())
                for name, spec in specs.items()}
     browser = chrome()
     try:
@@ -154,8 +182,7 @@ def test_the_report_site_reads_clean_in_a_real_browser(repo, tmp_path):
 
 def test_dvc_knows_the_data_plots(repo):
     """Learning curves and the equity curve are DVC data plots (what `dvc plots diff` draws)."""
-    repo_path, env, _, _ = repo
-    shown = json.loads(run(["dvc", "plots", "show", "--json"], repo_path, env).stdout)["data"]
+    shown = json.loads(dvc(repo, "plots", "show", "--json").stdout)["data"]
     assert {"crypto: learning curve", "crypto: backtest equity", "quora: learning curve",
             "kinetics: BesNet learning curve"} <= set(shown), set(shown)
     equity = shown["crypto: backtest equity"][0]["content"]["data"]["values"]
@@ -165,62 +192,109 @@ def test_dvc_knows_the_data_plots(repo):
 
 
 def test_mlflow_sqlite_store_holds_the_runs_and_models(repo):
-    path, _, _, _ = repo
-    assert (path / "mlflow.db").exists()
-    mlflow.set_tracking_uri(f"sqlite:///{path}/mlflow.db")
-    client = mlflow.tracking.MlflowClient()
-    runs = mlflow.search_runs(experiment_names=["reprolab-crypto"], output_format="list")
-    assert len(runs) == 1
-    assert "test.accuracy" in runs[0].data.metrics
-    assert len(client.search_model_versions("name='crypto-next-move'")) == 1
-    quora = mlflow.search_runs(experiment_names=["reprolab-quora"], output_format="list")
+    crypto = runs(repo, "crypto")
+    assert len(crypto) == 1 and "test.accuracy" in crypto[0].data.metrics
+    mlflow = client(repo)
+    assert len(mlflow.search_model_versions("name='crypto-next-move'")) == 1
+    quora = runs(repo, "quora")
     parent = [r for r in quora if "mlflow.parentRunId" not in r.data.tags]
     assert len(parent) == 1 and "test.accuracy" in parent[0].data.metrics
     assert len(quora) - 1 == 4  # one nested run per configuration of the table
-    assert len(client.search_model_versions("name='quora-duplicates'")) == 1
-    kinetics = mlflow.search_runs(experiment_names=["reprolab-kinetics"], output_format="list")
+    assert len(mlflow.search_model_versions("name='quora-duplicates'")) == 1
+    kinetics = runs(repo, "kinetics")
     names = sorted(r.info.run_name for r in kinetics)
     assert names == ["baseline", "besnet", "besnet_fixed", "kinetics_baseline", "kinetics_train"]
     besnet = next(r for r in kinetics if r.info.run_name == "besnet")
     assert "test.top1" in besnet.data.metrics and "val_loss" in besnet.data.metrics
-    assert len(client.search_model_versions("name='kinetics-besnet'")) == 1
+    assert besnet.data.metrics["resumed_from_epoch"] == 0  # the run's facts: MLflow's
+    assert len(mlflow.search_model_versions("name='kinetics-besnet'")) == 1
+
+
+def test_a_stage_runs_input_tags_are_the_hashes_dvc_lock_records(repo):
+    """Provenance that can be checked: every input of crypto_train, as its MLflow run tags it,
+    has the md5 dvc.lock records for that dependency."""
+    lock = yaml.safe_load((repo.path / "dvc.lock").read_text())["stages"]["crypto_train"]
+    [train] = [r for r in runs(repo, "crypto") if r.info.run_name == "crypto-train"]
+    tags = {k.removeprefix("reprolab.input."): v for k, v in train.data.tags.items()
+            if k.startswith("reprolab.input.")}
+    deps = {dep["path"]: dep["md5"] for dep in lock["deps"]}
+    assert set(tags) == {"data/crypto/raw", "data/crypto/features.parquet", "data/crypto/splits"}
+    assert tags == {path: deps[path] for path in tags}
+    assert train.data.tags["reprolab.git_commit"] != "unknown"
 
 
 def test_kinetics_index_lists_every_demo_clip(repo):
-    path, _, _, _ = repo
-    index = pd.read_parquet(path / "data/kinetics/index.parquet")
+    index = pd.read_parquet(repo.path / "data/kinetics/index.parquet")
     assert len(index) == 6 * 3 and set(index["status"]) == {"ok"}
     assert (index["n_frames"] >= 6).all()
     for rel in index["path"]:
-        assert any((path / rel).glob("img_*.jpg"))
+        assert any((repo.path / rel).glob("img_*.jpg"))
+
+
+# params.yaml keys the demo's stages do not read, and who reads them instead (by key prefix)
+READ_ELSEWHERE = {
+    "nightly.": "the nightly flow (flows/nightly.py), around the stages it runs",
+    "common.dask_address": "the data stages, under common.task_runner: dask only",
+    "crypto.live.": "crypto_ingest, with crypto.source: live",
+    "crypto.file.": "crypto_ingest, with crypto.source: file (path is read always: a DVC dep)",
+    "crypto.exchange": "crypto_ingest, for live and file candles",
+    "crypto.drop_incomplete": "crypto_ingest, for live and file candles",
+    "quora.live.": "quora_ingest, with quora.source: live",
+    "quora.file.format": "quora_ingest, with quora.source: file",
+    "quora.embed.pretrained_format": "quora_embed, with quora.embed.vectors: pretrained",
+    "kinetics.subset.": "kinetics_download, on an official list (the demo renders its clips)",
+    "kinetics.download.": "kinetics_download, with kinetics.source live, http or local",
+}
+
+
+def test_every_params_key_is_read_by_a_stage_of_the_demo(repo):
+    """Recorded as the stages read them (ParamsView, REPROLAB_PARAMS_READ) during `make demo`:
+    a key nothing reads is dead, whatever other code says a name like it. Logging or hashing a
+    section is not reading it."""
+    read = set()
+    for line in repo.reads.read_text().splitlines():
+        read.update(json.loads(line)["read"])
+    leaves = _leaves(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    unread = [key for key in leaves if not any(key == r or key.startswith(f"{r}.")
+                                               for r in read)]
+    assert [key for key in unread if not key.startswith(tuple(READ_ELSEWHERE))] == []
+    for prefix in READ_ELSEWHERE:  # no allowance outlives the unread keys it explains
+        assert any(key.startswith(prefix) for key in unread), prefix
+
+
+def _leaves(node: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            out.extend(_leaves(value, f"{prefix}{key}."))
+        else:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 # ---------------------------------------------------------------- what makes a stage stale
-# (these run last: they edit the copy, restore it, and the experiment adds a model version)
-def _stale(path, env) -> set[str]:
-    return set(json.loads(run(["dvc", "status", "--json"], path, env).stdout))
-
-
 @pytest.mark.parametrize(("rel", "expected"), [
     ("tasks/crypto/split.py", {"crypto_split", "crypto_train", "crypto_evaluate"}),
     ("models/siamese.py", {"quora_train"}),
     ("tasks/crypto/backtest.py", {"crypto_evaluate"}),
     ("tasks/video/splits.py", {"kinetics_split", "kinetics_train", "kinetics_baseline",
                                "kinetics_evaluate"}),
+    # run by path inside every logged model: the stages that log and register models
+    ("tasks/pyfunc_entry.py", {"crypto_train", "crypto_evaluate", "quora_train",
+                               "quora_evaluate", "kinetics_train", "kinetics_evaluate"}),
     # the file every path param names when it names none: its stages, and only those
     ("inputs/none", {"crypto_ingest", "quora_ingest", "quora_embed", "kinetics_download",
                      "kinetics_train", "kinetics_baseline"}),
 ])
 def test_editing_a_module_or_an_input_file_makes_exactly_its_stages_stale(repo, rel, expected):
-    path, env, _, _ = repo
-    target = path / rel
+    target = repo.path / rel
     original = target.read_bytes()
     target.write_bytes(original + b"\n# edited\n")
     try:
-        assert _stale(path, env) == expected
+        assert stale(repo) == expected
     finally:
         target.write_bytes(original)
-    assert _stale(path, env) == set()
+    assert stale(repo) == set()
 
 
 @pytest.mark.parametrize(("key", "value", "expected"), [
@@ -231,67 +305,112 @@ def test_editing_a_module_or_an_input_file_makes_exactly_its_stages_stale(repo, 
 ])
 def test_changing_a_param_makes_exactly_the_stages_that_read_it_stale(repo, key, value,
                                                                       expected):
-    path, env, _, _ = repo
-    params_file = path / "params.yaml"
+    from tasks.params_text import with_overrides
+
+    params_file = repo.path / "params.yaml"
     original = params_file.read_text()
-    params = yaml.safe_load(original)
-    node = params
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node[part]
-    node[leaf] = value
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    params_file.write_text(with_overrides(original, {key: value}))
     try:
-        assert _stale(path, env) == expected
+        assert stale(repo) == expected
     finally:
         params_file.write_text(original)
-    assert _stale(path, env) == set()
+    assert stale(repo) == set()
 
 
+# ---------------------------------------------------------------- runs that change the clone
 def test_a_stage_run_with_set_is_a_dvc_experiment_and_leaves_the_lock_true(repo):
-    path, env, _, _ = repo
-    proc = run(["python", "-m", "flows.crypto", "evaluate", "--set",
-                "crypto.evaluate.fee_bps=5"], path, env)
-    assert "Running stage 'crypto_evaluate'" in proc.stdout + proc.stderr
-    assert "Running stage 'crypto_train'" not in proc.stdout + proc.stderr
-    metrics = json.loads((path / "metrics/crypto.json").read_text())
-    assert metrics["backtest"]["fee_bps"] == 5
-    assert metrics["params"]["crypto.evaluate.fee_bps"] == 5
-    assert metrics["params"]["crypto.label.horizon"] == 1  # recorded by train, as it ran
-    assert yaml.safe_load((path / "params.yaml").read_text())["crypto"]["evaluate"][
-        "fee_bps"] == 5
-    # dvc.lock describes what is on disk; the site, which shows the old metrics, is stale
-    assert _stale(path, env) == {"report"}
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], path, env).stdout)
-    experiments = [exp for commit in shown for exp in (commit.get("experiments") or [])]
-    assert experiments, "no experiment recorded"
+    with left_as_found(repo):
+        before = (repo.path / "params.yaml").read_text()
+        proc = repo.shell.run(".venv/bin/python -m flows.crypto evaluate --set "
+                              "crypto.evaluate.fee_bps=5")
+        assert "Running stage 'crypto_evaluate'" in proc.stdout + proc.stderr
+        assert "Running stage 'crypto_train'" not in proc.stdout + proc.stderr
+        results = json.loads((repo.path / "reports/crypto/results.json").read_text())
+        assert results["backtest"]["fee_bps"] == 5
+        assert results["params"]["crypto.evaluate.fee_bps"] == 5
+        assert results["params"]["crypto.label.horizon"] == 1  # recorded by train, as it ran
+        after = (repo.path / "params.yaml").read_text()
+        assert [a for a, b in zip(before.splitlines(), after.splitlines(), strict=True)
+                if a != b] == [next(line for line in before.splitlines()
+                                    if line.strip().startswith("fee_bps:"))]
+        # dvc.lock describes what is on disk; the site, which shows the old metrics, is stale
+        assert stale(repo) == {"report"}
+        shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+        assert [exp for commit in shown for exp in (commit.get("experiments") or [])]
+
+
+def test_a_failed_run_with_set_leaves_params_lock_and_outputs_as_they_were(repo):
+    """The override runs ingest and features, then the split fails: everything is put back,
+    byte for byte, and the error names the stage and its own error line."""
+    path = repo.path
+    kept = {name: (path / name).read_bytes() for name in ("params.yaml", "dvc.lock")}
+    before = outputs(path)
+    proc = repo.shell.run(".venv/bin/reprolab run crypto --set crypto.label.horizon=3900",
+                          check=False)
+    assert proc.returncode == 2
+    [error] = [line for line in proc.stderr.splitlines()
+               if line.startswith("error: crypto pipeline")]
+    assert error.startswith("error: crypto pipeline: stage 'crypto_split' failed: ")
+    assert "too few" in error  # the split stage's own words, not only DVC's exit code
+    assert {name: (path / name).read_bytes() for name in kept} == kept
+    assert outputs(path) == before
+    assert stale(repo) == set()
+
+
+def test_a_failed_stage_puts_its_outputs_back_and_status_says_what_is_stale(repo):
+    """`dvc repro` typed by hand: DVC deletes a stage's outputs before running it; the stage
+    that fails puts them back (the site keeps its last good version) and only the changed
+    stage is stale."""
+    path = repo.path
+    results = path / "reports/quora/results.json"
+    kept = results.read_bytes()
+    site = {p.name: p.read_bytes() for p in (path / "reports/site").iterdir()}
+    with left_as_found(repo):
+        results.write_text("{ not json")  # the report stage reads it and fails
+        proc = dvc(repo, "repro", "--single-item", "report", check=False)
+        assert proc.returncode != 0 and "failed to reproduce 'report'" in proc.stderr
+        assert "reports/quora/results.json" in proc.stderr  # the stage's own error line
+        assert {p.name: p.read_bytes() for p in (path / "reports/site").iterdir()} == site
+        assert stale(repo) == {"quora_evaluate", "report"}
+        results.write_bytes(kept)
+        assert stale(repo) == set()
+
+
+def test_a_forced_rerun_of_unchanged_stages_changes_no_output(repo):
+    """Same inputs, same bytes: forcing every Kinetics stage and the site (the crypto and
+    Quora stages: tests/flows/test_determinism.py) leaves `dvc status` clean."""
+    kinetics = [stage.name for stage in declaration("kinetics").stages]
+    dvc(repo, "repro", "--force", "--single-item", *kinetics, "report")
+    assert stale(repo) == set()
 
 
 def test_a_pipeline_run_shows_the_stages_dvc_ran_as_its_subflow_runs(repo, prefect_server):
-    path, env, _, _ = repo
-    params_file = path / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
-    params["crypto"]["evaluate"]["fee_bps"] = 7.0  # crypto_evaluate alone is stale
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    tag = f"test-{uuid.uuid4().hex}"
-    run(["python", "-m", "flows.crypto", "pipeline"], path, {**env, "REPROLAB_RUN_TAGS": tag})
+    import uuid
 
-    [pipeline] = api_post(prefect_server, "/flow_runs/filter", {"flow_runs": {
-        "tags": {"all_": [tag]}, "parent_task_run_id": {"is_null_": True}}})
-    assert pipeline["state_type"] == "COMPLETED"
-    flows = {f["id"]: f["name"] for f in api_post(prefect_server, "/flows/filter", {})}
-    assert flows[pipeline["flow_id"]] == "crypto-pipeline"
-    [stage] = api_post(prefect_server, "/flow_runs/filter", {"flow_runs": {
-        "parent_flow_run_id": {"any_": [pipeline["id"]]}}})
-    assert flows[stage["flow_id"]] == "crypto_evaluate" and tag in stage["tags"]
-    tracker = httpx.get(f"{prefect_server}/task_runs/{stage['parent_task_run_id']}").json()
-    assert tracker["flow_run_id"] == pipeline["id"] and tracker["state_type"] == "COMPLETED"
-    [artifact] = api_post(prefect_server, "/artifacts/filter", {
-        "artifacts": {"key": {"any_": ["crypto-stages"]},
-                      "flow_run_id": {"any_": [pipeline["id"]]}}})
-    assert f"| crypto_evaluate | ran | [{stage['name']}](" in artifact["data"]
-    assert "| crypto_train | skipped |" in artifact["data"]
-    assert _stale(path, env) == {"report"}  # the pipeline's stages are done; the site waits
+    from tasks.params_text import with_overrides
+
+    tag = f"test-{uuid.uuid4().hex}"
+    with left_as_found(repo):
+        params_file = repo.path / "params.yaml"
+        params_file.write_text(with_overrides(params_file.read_text(),
+                                              {"crypto.evaluate.fee_bps": 7.0}))
+        repo.shell.run(".venv/bin/python -m flows.crypto pipeline", REPROLAB_RUN_TAGS=tag)
+        [pipeline] = api_post(prefect_server, "/flow_runs/filter", {"flow_runs": {
+            "tags": {"all_": [tag]}, "parent_task_run_id": {"is_null_": True}}})
+        assert pipeline["state_type"] == "COMPLETED"
+        flows = {f["id"]: f["name"] for f in api_post(prefect_server, "/flows/filter", {})}
+        assert flows[pipeline["flow_id"]] == "crypto-pipeline"
+        [stage] = api_post(prefect_server, "/flow_runs/filter", {"flow_runs": {
+            "parent_flow_run_id": {"any_": [pipeline["id"]]}}})
+        assert flows[stage["flow_id"]] == "crypto_evaluate" and tag in stage["tags"]
+        tracker = httpx.get(f"{prefect_server}/task_runs/{stage['parent_task_run_id']}").json()
+        assert tracker["flow_run_id"] == pipeline["id"] and tracker["state_type"] == "COMPLETED"
+        [artifact] = api_post(prefect_server, "/artifacts/filter", {
+            "artifacts": {"key": {"any_": ["crypto-stages"]},
+                          "flow_run_id": {"any_": [pipeline["id"]]}}})
+        assert f"| crypto_evaluate | ran | [{stage['name']}](" in artifact["data"]
+        assert "| crypto_train | skipped |" in artifact["data"]
+        assert stale(repo) == {"report"}  # the pipeline's stages are done; the site waits
 
 
 def api_post(server: str, path: str, body: dict) -> list:

@@ -36,6 +36,8 @@ def test_apply_sets_defaults_and_keeps_what_is_set(monkeypatch):
 
 def test_an_installed_copy_sets_no_prefect_home(tmp_path, monkeypatch):
     monkeypatch.delenv("PREFECT_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))  # a venv outside any checkout
     environment.apply(str(tmp_path))  # no dvc.yaml: not a checkout
     assert "PREFECT_HOME" not in os.environ
 
@@ -52,21 +54,41 @@ def bare_venv(tmp_path_factory) -> Path:
     return home
 
 
-def probe(python: Path, **env: str) -> dict:
+def probe(python: Path, cwd: Path | None = None, **env: str) -> dict:
     out = subprocess.run([str(python), "-c", PROBE], env={"PATH": PLAIN_PATH, **env},
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, cwd=cwd)
     assert out.stderr == ""
     return json.loads(out.stdout)
 
 
-def test_the_hook_puts_every_program_of_the_venv_in_the_project_environment(bare_venv):
-    seen = probe(bare_venv / "bin/python")
+def test_the_hook_puts_every_program_of_the_venv_in_the_project_environment(bare_venv, tmp_path):
+    seen = probe(bare_venv / "bin/python", cwd=tmp_path)
     assert seen["PATH"].split(os.pathsep)[0] == str(bare_venv / "bin")
     assert seen["python"] == str(bare_venv / "bin/python")  # what DVC's stage commands run
     assert seen["PREFECT_HOME"] == str(ROOT / ".prefect")
     assert (seen["DO_NOT_TRACK"], seen["MLFLOW_DISABLE_TELEMETRY"],
             seen["PREFECT_SERVER_ANALYTICS_ENABLED"]) == ("true", "true", "false")
-    assert probe(bare_venv / "bin/python", PREFECT_HOME="/mine")["PREFECT_HOME"] == "/mine"
+    assert probe(bare_venv / "bin/python", tmp_path, PREFECT_HOME="/mine")["PREFECT_HOME"] == \
+        "/mine"
+
+
+def checkout(folder: Path) -> Path:
+    (folder / "tasks").mkdir(parents=True)
+    (folder / "tasks/environment.py").write_text("")
+    (folder / "dvc.yaml").write_text("stages: {}\n")
+    return folder
+
+
+def test_a_checkout_works_in_its_own_prefect_home(bare_venv, tmp_path):
+    """Another clone, with this venv linked in (`.venv` -> it) or run from inside it, works in
+    its own Prefect home: the checkout a command is started in, else the venv's."""
+    clone = checkout(tmp_path / "clone")
+    (clone / ".venv").symlink_to(bare_venv)
+    seen = probe(clone / ".venv/bin/python", cwd=tmp_path)
+    assert seen["PREFECT_HOME"] == str(clone / ".prefect")
+    assert seen["PATH"].split(os.pathsep)[0] == str(clone / ".venv/bin")
+    other = checkout(tmp_path / "other")
+    assert probe(bare_venv / "bin/python", cwd=other)["PREFECT_HOME"] == str(other / ".prefect")
 
 
 def test_a_hook_whose_checkout_is_gone_is_ignored(tmp_path):
@@ -76,7 +98,7 @@ def test_a_hook_whose_checkout_is_gone_is_ignored(tmp_path):
                            "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
     Path(site, environment.HOOK).write_text(environment.hook_line(str(tmp_path / "gone.py")))
-    seen = probe(home / "bin/python")
+    seen = probe(home / "bin/python", cwd=tmp_path)
     assert seen["PATH"] == PLAIN_PATH and seen["PREFECT_HOME"] is None
 
 

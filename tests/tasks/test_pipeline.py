@@ -178,6 +178,17 @@ def test_iteration_and_flat_params_cover_declared_keys_only():
     assert "crypto.label.dead_zone" not in flat
 
 
+def test_logging_reads_nothing_and_flat_reads_every_declared_leaf():
+    """A key only logged or hashed (flat_params) is read by nothing: the end-to-end check of
+    unread params.yaml keys must see it as dead; `flat` is for code that uses every value."""
+    view = _view("crypto.split", "crypto.label.horizon")
+    flat_params(view.crypto, "crypto.")
+    assert view.keys_read == set()
+    used = view.crypto.flat("crypto.")
+    assert used == flat_params(view.crypto, "crypto.")
+    assert view.keys_read == set(used)
+
+
 def test_a_whole_section_copy_needs_the_whole_section():
     assert _view("crypto.model").crypto.model.model_copy(update={"hidden": 3}).hidden == 3
     with pytest.raises(UndeclaredParam):

@@ -75,9 +75,9 @@ def test_results_file_has_the_interface_keys(run):
     assert low <= metrics["test"]["accuracy"] <= high
     assert metrics["verdict"]["text"].startswith(("skill", "no evidence"))
     summary = read_json(run["paths"].metrics)  # DVC's metrics: the scalars to compare
-    assert set(summary) == {"accuracy", "ci_low", "ci_high", "majority", "persistence",
-                            "logistic", "skill", "variance", "mismatch"}
-    assert (summary["accuracy"], summary["ci_low"]) == (metrics["test"]["accuracy"], low)
+    assert set(summary) == {"crypto_accuracy", "ci_low", "ci_high", "majority", "persistence",
+                            "logistic", "skill", "sharpe"}
+    assert (summary["crypto_accuracy"], summary["ci_low"]) == (metrics["test"]["accuracy"], low)
     assert {p.name for p in run["paths"].plots.iterdir()} >= {
         "equity.png", "roc.png", "confusion.png", "learning_curve.png", "leak_audit.png"}
 
