@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tasks.config import save_overrides
-from tests.conftest import VENV_BIN
+from tests.conftest import VENV_BIN, dotted
 from tests.flows.readme import Shell, plain_env
 from tests.flows.repo_copy import SMALL, copy_repo
 
@@ -24,16 +24,6 @@ class Clone:
     shell: Shell
     tag: str          # every flow run of its `make demo` carries it (on the session's server)
     reads: Path       # the params keys each stage read during `make demo` (JSON lines)
-
-
-def dotted(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(dotted(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def binance_export(dest: Path, n: int = 4000) -> None:

@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tasks.pipeline import declaration, declarations
-from tests.conftest import ROOT
+from tests.conftest import ROOT, dotted
 
 pytestmark = pytest.mark.slow
 WIDTH = 200  # what DVC's own views must fit: a terminal, not a scroll
@@ -254,22 +254,12 @@ def test_every_params_key_is_read_by_a_stage_of_the_demo(repo):
     read = set()
     for line in repo.reads.read_text().splitlines():
         read.update(json.loads(line)["read"])
-    leaves = _leaves(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    leaves = list(dotted(yaml.safe_load((ROOT / "params.yaml").read_text())))
     unread = [key for key in leaves if not any(key == r or key.startswith(f"{r}.")
                                                for r in read)]
     assert [key for key in unread if not key.startswith(tuple(READ_ELSEWHERE))] == []
     for prefix in READ_ELSEWHERE:  # no allowance outlives the unread keys it explains
         assert any(key.startswith(prefix) for key in unread), prefix
-
-
-def _leaves(node: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key, value in node.items():
-        if isinstance(value, dict) and value:
-            out.extend(_leaves(value, f"{prefix}{key}."))
-        else:
-            out.append(f"{prefix}{key}")
-    return out
 
 
 # ---------------------------------------------------------------- what makes a stage stale

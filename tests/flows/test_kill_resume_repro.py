@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from tests.flows.repo_copy import repo_env, run, small_repo
 
 pytestmark = pytest.mark.slow
-EPOCHS = 4
+EPOCHS = 12  # room to kill it between two checkpoints, however fast an epoch is
 RESUMABLE = {"kinetics": {"train": {"epochs": EPOCHS, "patience": EPOCHS, "warmup_epochs": 0},
                           "evaluate": {"ablation_dilation": False}}}
 
@@ -35,7 +35,7 @@ def kill_after_first_checkpoint(proc: subprocess.Popen, folder: Path, timeout: f
             epoch = checkpointed_epoch(folder)
             if epoch > 0:
                 return epoch
-            time.sleep(0.2)
+            time.sleep(0.05)
         raise AssertionError(f"no checkpoint in {folder} (exit code {proc.poll()})")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)

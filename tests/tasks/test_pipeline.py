@@ -1,5 +1,4 @@
 """The pipeline declarations: dvc.yaml generated from them, deps complete, params enforced."""
-import ast
 import subprocess
 import sys
 
@@ -18,19 +17,9 @@ from tasks.pipeline import (
     render,
     stage_modules,
 )
-from tests.conftest import ROOT
+from tests.conftest import ROOT, dotted
 
 PARAMS = load_params(ROOT / "params.yaml")
-
-
-def _leaves(node: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key, value in node.items():
-        if isinstance(value, dict) and value:
-            out.extend(_leaves(value, f"{prefix}{key}."))
-        else:
-            out.append(f"{prefix}{key}")
-    return out
 
 
 def test_dvc_yaml_is_generated_from_the_declarations():
@@ -94,10 +83,10 @@ def test_declared_params_exist_in_params_yaml():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for spec in declarations():
         for stage in spec.stages:
-            for dotted in (*stage.params, *stage.input_params):
+            for key in (*stage.params, *stage.input_params):
                 node = raw
-                for part in dotted.split("."):
-                    assert isinstance(node, dict) and part in node, f"{stage.name}: {dotted}"
+                for part in key.split("."):
+                    assert isinstance(node, dict) and part in node, f"{stage.name}: {key}"
                     node = node[part]
 
 
@@ -109,26 +98,9 @@ def test_pydantic_defaults_equal_params_yaml():
               if defaults.get(k, "<absent>") != shipped.get(k, "<absent>")}
     assert not differ
     # and params.yaml spells out every key: one it lacks would silently take its default
-    written = set(_leaves(yaml.safe_load((ROOT / "params.yaml").read_text())))
+    written = set(dotted(yaml.safe_load((ROOT / "params.yaml").read_text())))
     assert set(defaults) == written, {"only in the models": set(defaults) - written,
                                       "only in params.yaml": written - set(defaults)}
-
-
-def test_no_params_yaml_key_is_dead():
-    """Every leaf of params.yaml is read by some code (an attribute or a name of that key)."""
-    used: set[str] = set()
-    for folder in ("flows", "tasks", "models"):
-        for path in (ROOT / folder).rglob("*.py"):
-            if path.name == "config.py":
-                continue
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.Attribute):
-                    used.add(node.attr)
-                elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-                    used.update(node.value.split("."))
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    dead = [key for key in _leaves(raw) if key.rsplit(".", 1)[-1] not in used]
-    assert not dead, f"params.yaml keys no code reads: {dead}"
 
 
 def test_the_full_scale_profile_overrides_known_keys_only():
