@@ -156,8 +156,9 @@ def after_a_night_with_new_candles(shell: Shell, proc) -> None:
     crypto = rows["crypto"]
     assert crypto["data"]["changed"] is True and "crypto_train" in crypto["stages_run"]
     assert crypto["verdict"]["challenger"] is not None
-    runs = httpx.post(f"{SERVER}/flow_runs/filter", json={
-        "flows": {"name": {"any_": ["nightly-retrain"]}}, "sort": "START_TIME_DESC",
+    runs = httpx.post(f"{SERVER}/flow_runs/filter", json={  # (not the schedule's next one)
+        "flows": {"name": {"any_": ["nightly-retrain"]}},
+        "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}, "sort": "END_TIME_DESC",
         "limit": 1}).json()
     stages = httpx.post(f"{SERVER}/flow_runs/filter", json={"flow_runs": {
         "parent_flow_run_id": {"any_": [runs[0]["id"]]}}}).json()
