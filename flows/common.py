@@ -12,12 +12,13 @@ from typing import Any
 
 import yaml
 
-from flows.outputs import fail_as_stage, restore_outputs, take_failure
+from flows.outputs import fail_as_stage, put_back, take_failure
 from flows.stage_runs import parent_of_stages, publish_stages, run_stage_flow
 from tasks.config import Params, load_params, save_overrides
 from tasks.errors import ReproLabError
 from tasks.logs import get_logger
 from tasks.parallel import shared_prefect_api
+from tasks.params_text import flow
 from tasks.pipeline import ParamsView, Pipeline, Stage, describe
 from tasks.storage import write_bytes
 from tasks.threads import apply_thread_budget
@@ -88,7 +89,7 @@ def dvc_exp_run(overrides: Mapping[str, Any], targets: list[str]) -> list[str]:
     kept = {path: path.read_bytes() for path in map(Path, (PARAMS_FILE, "dvc.lock"))
             if path.exists()}
     get_logger().info("overrides run as a DVC experiment: %s -> dvc exp run %s",
-                      ", ".join(f"{k}={_yaml_value(v)}" for k, v in overrides.items()),
+                      ", ".join(f"{k}={flow(v)}" for k, v in overrides.items()),
                       " ".join(targets))
     try:
         save_overrides(PARAMS_FILE, overrides)
@@ -108,9 +109,10 @@ def _undo(kept: Mapping[Path, bytes]) -> None:
     for path, data in kept.items():
         write_bytes(data, path)
     before = _lock_stages(kept.get(lock, b""))
-    restore_outputs([name for name in before if moved.get(name) != before[name]], persist=True)
-    get_logger().warning("the run with overrides failed: params.yaml, dvc.lock and the "
-                         "outputs are as before it")
+    changed = [name for name in before if moved.get(name) != before[name]]
+    if put_back(changed, persist=True):
+        get_logger().warning("the run with overrides failed: params.yaml, dvc.lock and the "
+                             "outputs are as before it")
 
 
 def _lock_stages(data: bytes) -> dict[str, Any]:
@@ -127,7 +129,7 @@ def _stage_failures() -> Iterator[None]:
         yield
     except ReproductionError as exc:
         stage = failed_stage(exc)
-        restore_outputs([stage])
+        put_back([stage])
         own = take_failure(stage) or str(exc.__cause__ or exc)
         raise StageFailed(f"stage '{stage}' failed: {own}") from exc
 
@@ -136,13 +138,6 @@ def failed_stage(exc: Exception) -> str:
     """The stage DVC names in `failed to reproduce 'stage'`."""
     text = str(exc)
     return text.split("'")[1] if text.count("'") >= 2 else text
-
-
-def _yaml_value(value: Any) -> str:
-    """A value as one line of YAML (what --set takes)."""
-    from tasks.params_text import flow
-
-    return flow(value)
 
 
 def in_dvc_repo() -> bool:

@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m flows.demo") -> i
         "  metrics   .venv/bin/dvc metrics show      (plots: plots/<pipeline>/*.png)\n"
         "  runs      .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
         "  -> http://127.0.0.1:5000\n"
-        "  flows     PREFECT_HOME=.prefect .venv/bin/prefect server start"
-        "  -> http://127.0.0.1:4200 (flow runs of this demo)\n"
+        "  flows     make server  -> http://127.0.0.1:4200 (this demo's flow runs, and every "
+        "later one until make stop)\n"
         "  models    mlflow.pyfunc.load_model('models:/quora-duplicates/latest')"
         "  (README: Use a trained model)\n"
         "  rebuild   .venv/bin/dvc repro             (reruns only what is stale)")

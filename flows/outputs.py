@@ -48,6 +48,17 @@ def restore_outputs(stages: Iterable[str], persist: bool = False, root: str = ".
     return restored
 
 
+def put_back(stages: list[str], persist: bool = False, root: str = ".") -> bool:
+    """restore_outputs, never hiding the failure being handled: one that cannot be done (an
+    output never cached) is logged, and `dvc status` says what is left."""
+    try:
+        restore_outputs(stages, persist=persist, root=root)
+    except Exception as exc:  # noqa: BLE001 - the run's own error is the one to raise
+        get_logger().error("could not put back the outputs of %s: %s", ", ".join(stages), exc)
+        return False
+    return True
+
+
 def dvc_stage() -> str | None:
     """The DVC stage this process runs as (DVC sets DVC_STAGE for a stage's command)."""
     return os.environ.get("DVC_STAGE") or None
@@ -77,7 +88,4 @@ def fail_as_stage(stage: str, error: str) -> None:
     if dvc_stage() != stage:
         return
     record_failure(stage, error)
-    try:
-        restore_outputs([stage], root=os.environ.get("DVC_ROOT", "."))
-    except Exception as exc:  # the stage's own error matters more; the driver retries
-        get_logger().error("could not restore the outputs of %s: %s", stage, exc)
+    put_back([stage], root=os.environ.get("DVC_ROOT", "."))
