@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any
 
 from tasks.pipeline import PIPELINES, declaration, declarations, describe
 
@@ -24,6 +25,11 @@ COMMANDS = {
               "metric (MLflow registry), the last nightly run's verdict",
     "demo": "every pipeline end to end on generated data (offline), then a table of results",
     "report": "build the results site (reports/site/index.html) from what the pipelines wrote",
+    "champion": "a pipeline's champion history: which model version held the alias, from when "
+                "to when, and why",
+    "promote": "give a model version the champion alias by hand (recorded like a night's "
+               "verdict, with your reason)",
+    "rollback": "give the champion alias back to the version that held it before",
 }
 
 
@@ -55,7 +61,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help=COMMANDS["status"], description=COMMANDS["status"])
     for name in ("demo", "report"):  # their own --help answers, from their module
         sub.add_parser(name, help=COMMANDS[name], add_help=False)
+    champion_commands(sub)
     return top
+
+
+def champion_commands(sub: Any) -> None:
+    history = sub.add_parser("champion", help=COMMANDS["champion"],
+                             description=COMMANDS["champion"])
+    history.add_argument("pipeline", choices=list(PIPELINES))
+    promote = sub.add_parser("promote", help=COMMANDS["promote"], description=COMMANDS["promote"],
+                             usage="reprolab promote <pipeline> <version> --reason TEXT")
+    promote.add_argument("pipeline", choices=list(PIPELINES))
+    promote.add_argument("version", help="the registered model version, e.g. 3")
+    promote.add_argument("--reason", required=True, help="why: kept on the record")
+    rollback = sub.add_parser("rollback", help=COMMANDS["rollback"],
+                              description=COMMANDS["rollback"])
+    rollback.add_argument("pipeline", choices=list(PIPELINES))
+    rollback.add_argument("--reason", default="rolled back by hand", help="why: kept on the record")
+
+
+def champion_command(args: argparse.Namespace) -> int:
+    from flows.champions import history_text, move
+    from tasks.errors import ReproLabError
+
+    try:
+        if args.command == "champion":
+            print(history_text(args.pipeline))
+            return 0
+        verdict = move(args.pipeline, getattr(args, "version", None), args.reason)
+    except ReproLabError as exc:
+        print(f"error: {args.command} {args.pipeline}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{verdict.model}: champion v{verdict.champion or '-'} -> v{verdict.challenger} "
+          f"({verdict.reason})")
+    return 0
 
 
 def run(pipeline: str, argv: list[str]) -> int:
@@ -100,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         return demo(rest) if args.command == "demo" else report(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command in ("champion", "promote", "rollback"):
+        return champion_command(args)
     return status()
 
 

@@ -20,6 +20,7 @@ from tasks.logs import get_logger
 from tasks.parallel import shared_prefect_api
 from tasks.params_text import flow
 from tasks.pipeline import ParamsView, Pipeline, Stage, describe
+from tasks.runlock import run_lock
 from tasks.storage import write_bytes
 from tasks.threads import apply_thread_budget
 
@@ -55,6 +56,19 @@ def read_profile(path: Path) -> dict[str, Any]:
     return data
 
 
+@contextmanager
+def checkout_lock(what: str) -> Iterator[None]:
+    """The checkout's run lock (tasks/runlock.py), waiting up to common.lock_wait seconds."""
+    from tasks.config import CommonSettings
+
+    try:
+        wait = settings().common.lock_wait
+    except ReproLabError:  # a bad params.yaml fails where it is read, with its own message
+        wait = CommonSettings().lock_wait
+    with run_lock(what, wait):
+        yield
+
+
 class StageFailed(ReproLabError):
     """A DVC stage failed: the message names it and gives its own error line."""
 
@@ -69,7 +83,7 @@ def dvc_repro(targets: list[str], force: bool = False, single_item: bool = False
     were (flows/outputs.py) and raises StageFailed naming it."""
     from dvc.repo import Repo
 
-    with _stage_failures():
+    with checkout_lock(f"dvc repro {' '.join(targets)}"), _stage_failures():
         with shared_prefect_api(), parent_of_stages(), Repo(".") as repo:
             stages = repo.reproduce(targets=targets, force=force, single_item=single_item)
     names = [getattr(s, "addressing", str(s)) for s in stages]
@@ -84,6 +98,11 @@ def dvc_exp_run(overrides: Mapping[str, Any], targets: list[str]) -> list[str]:
     `dvc exp run <targets>`, which leaves dvc.lock describing what is on disk. A run that
     fails is undone whole: params.yaml and dvc.lock byte for byte as they were, and every
     output the run changed back from the DVC cache."""
+    with checkout_lock(f"dvc exp run {' '.join(targets)}"):
+        return _exp_run(overrides, targets)
+
+
+def _exp_run(overrides: Mapping[str, Any], targets: list[str]) -> list[str]:
     from dvc.repo import Repo
 
     kept = {path: path.read_bytes() for path in map(Path, (PARAMS_FILE, "dvc.lock"))
@@ -246,7 +265,7 @@ def _dispatch(pipeline: Pipeline, flows: dict[str, Any], whole: Any, step: str,
               overrides: dict[str, Any] | None) -> None:
     from prefect import tags
 
-    with tags(*run_tags()):
+    with checkout_lock(f"{pipeline.name} {step}"), tags(*run_tags()):
         if step == "pipeline":
             whole(overrides=overrides)
         elif overrides and in_dvc_repo():

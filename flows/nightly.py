@@ -15,21 +15,21 @@ resumes at the failed one.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from prefect import flow, task
 
-from flows.common import StageFailed, dvc_repro, parse_overrides, settings
+from flows.common import StageFailed, checkout_lock, dvc_repro, parse_overrides, settings
 from flows.report import refresh_site
 from flows.stage_runs import child_runs, stages_markdown
 from tasks import champion, tracking
 from tasks.config import PIPELINE_NAMES, Params, save_overrides
 from tasks.errors import ReproLabError
-from tasks.evaluate import metric_value
 from tasks.logs import get_logger
 from tasks.pipeline import Pipeline, declaration, declarations
 from tasks.storage import read_json, write_json, write_text
@@ -87,55 +87,178 @@ def reproduce(spec: Pipeline) -> list[str]:
     return repro([spec.last.name], spec.name)
 
 
-def score(spec: Pipeline) -> champion.Score:
-    """The pipeline's test metric, its naive baseline and the test data digest from dvc.lock."""
-    metrics = read_json(spec.results_file)
-    test_outs = lock_outs(spec.test_data_stage)
-    digest = ",".join(f"{path}:{out['md5']}" for path, out in sorted(test_outs.items()))
-    return champion.Score(spec.headline, metric_value(metrics, spec.headline), digest,
-                          max(metric_value(metrics, key) for key in spec.baselines))
+# ---------------------------------------------------------------- data checks
+HELD = REPORT_DIR / "held"  # per pipeline: rows a failed check holds back, checked again
 
 
-def registered_network(model_uri: str) -> Any:
-    """The torch network of a registered crypto model version: its pyfunc's
-    (tasks.crypto.serving.NextMoveModel), or the logged torch model itself for a version
-    registered before the models were pyfuncs (a champion from an older store)."""
-    import mlflow.models
-
-    if "pytorch" in mlflow.models.Model.load(model_uri).flavors:
-        import mlflow.pytorch
-
-        return mlflow.pytorch.load_model(model_uri, map_location="cpu")
-    return tracking.load_model(model_uri).unwrap_python_model().network
+def data_table(spec: Pipeline, params: Params) -> Any:
+    """Every row the ingest stage holds now, as the pipeline's checks read it."""
+    return importlib.import_module(spec.checks).table(params, Path("."))
 
 
-def rescore_crypto(params: Params, model: str) -> Callable[[str], float]:
-    """A registered crypto model version's test.accuracy on tonight's split."""
-    def rescore_version(version: str) -> float:
-        import torch
-
-        from tasks.crypto.paths import CryptoPaths
-        from tasks.crypto.report import rescore
-
-        net = registered_network(f"models:/{model}/{version}")
-        return rescore(net, params.crypto, CryptoPaths().splits, torch.device("cpu"))
-    return rescore_version
+def keys_now(spec: Pipeline, params: Params) -> set:
+    """The row keys the ingest stage holds before tonight's refresh (none on a first night)."""
+    try:
+        table = data_table(spec, params)
+    except (ReproLabError, OSError):
+        return set()
+    return set(table.frame[table.key].astype(str))
 
 
-# pipelines whose champion can be scored on new test data (a Quora model reads word vectors
-# trained on its own data, so it cannot read tonight's inputs)
-RESCORERS: dict[str, Callable[[Params, str], Callable[[str], float]]] = {
-    "crypto": rescore_crypto}
+def held_keys(spec: Pipeline) -> set:
+    path = HELD / f"{spec.name}.json"
+    return set(read_json(path)["keys"]) if path.exists() else set()
+
+
+def champion_profile(spec: Pipeline) -> tuple[dict | None, str]:
+    """The data profile of what the champion was trained on, and where it came from."""
+    mlflow_client = champion.client()
+    current = champion.champion_version(mlflow_client, spec.model_name)
+    if current is None:
+        return None, "no champion yet"
+    try:
+        return _load_profile(current.run_id), f"the champion v{current.version}"
+    except Exception as exc:  # noqa: BLE001 - an older version without a profile, a lost store
+        return None, f"the champion v{current.version} has no data profile ({exc})"
+
+
+PROFILE = "data_profile.json"
+
+
+def _load_profile(run_id: str) -> dict:
+    import mlflow.artifacts
+
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{PROFILE}")
+
+
+def save_profile(spec: Pipeline, params: Params, run_id: str) -> None:
+    """The profile of the data a judged version was trained on, on its MLflow run: the
+    reference the nightly checks new data against while it is champion."""
+    from tasks.datachecks import profile
+
+    champion.client().log_dict(run_id, profile(data_table(spec, params), params.nightly.checks,
+                                               params.common.seed), PROFILE)
+
+
+@task(name="check-data")
+def check_data(spec: Pipeline, params: Params, before: set, accept: bool = False
+               ) -> dict[str, Any]:
+    """Tonight's new rows (and rows a failed night held back) against the champion's data:
+    schema, nulls, ranges, label balance, drift. Logged to MLflow whatever the outcome.
+    `accept`: a person looked and accepts rows that fail (recorded; nothing is held)."""
+    from tasks.datachecks import check, summary_line
+
+    settings = params.nightly.checks
+    if not settings.enabled:
+        return {"passed": True, "reasons": [], "notes": ["checks off (nightly.checks.enabled)"]}
+    tracking.configure(params.common)
+    table = data_table(spec, params)
+    keys = table.frame[table.key].astype(str)  # as keys_now and the held file keep them
+    new = table.rows((~keys.isin(before) | keys.isin(held_keys(spec))).to_numpy())
+    reference, source = champion_profile(spec)
+    result = {**check(new, reference, settings), "reference": source}
+    if accept and not result["passed"]:
+        result["accepted"] = True
+        result["notes"] = [*result.get("notes", []), "failed, and accepted by a person "
+                           "(--accept-data): trained on"]
+    get_logger().info("%s: data checks: %s", spec.name, summary_line(result))
+    log_checks(spec, params, result)
+    hold(spec, new, result)
+    return result
+
+
+def hold(spec: Pipeline, new: Any, result: dict[str, Any]) -> None:
+    """Keep the keys of rows that failed, so the next night checks them again (a person may
+    fix them meanwhile); a passing night releases them."""
+    path = HELD / f"{spec.name}.json"
+    if result["passed"] or result.get("accepted"):
+        path.unlink(missing_ok=True)
+        return
+    keys = sorted(new.frame[new.key].astype(str))
+    write_json({"pipeline": spec.name, "reasons": result["reasons"], "keys": keys}, path)
+
+
+def log_checks(spec: Pipeline, params: Params, result: dict[str, Any]) -> None:
+    """The checks' figures (drift per column, nulls, ranges, label shift) as an MLflow run of
+    the pipeline's experiment, with the whole result as a JSON artifact."""
+    import mlflow
+
+    figures = {"passed": float(result["passed"]), "rows": result.get("rows", 0)}
+    if result.get("label_shift") is not None:
+        figures["label_shift"] = result["label_shift"]
+    for kind in ("nulls", "out_of_range"):
+        figures.update({f"{kind}.{col}": v for col, v in (result.get(kind) or {}).items()})
+    for col, d in (result.get("drift") or {}).items():
+        figures.update({f"drift.{col}.{k}": d[k] for k in ("ks", "p_value", "psi")
+                        if d.get(k) is not None})
+    with tracking.run(params.common, spec.name, "nightly-checks",
+                      tags={"reprolab.nightly": "checks"}):
+        tracking.log_metrics(figures)
+        mlflow.log_dict(result, "data_checks.json")
+
+
+# ---------------------------------------------------------------- champion / challenger
+def compare(spec: Pipeline, params: Params, challenger: Any, current: Any | None
+            ) -> champion.Comparison:
+    """Both versions through their registered pyfuncs on tonight's test rows; the paired
+    difference of their per-row correctness with its bootstrap interval."""
+    from tasks import rescore
+    from tasks.evaluate import mean_ci
+
+    rows = rescore.tonight(spec, params)
+    new = rescore.score_version(spec, f"models:/{spec.model_name}/{challenger.version}", rows)
+    strongest = read_json(spec.results_file)["verdict"]
+    old = difference = error = None
+    if current is not None:
+        try:
+            scored = rescore.score_version(
+                spec, f"models:/{spec.model_name}/{current.version}", rows)
+        except Exception as exc:  # noqa: BLE001 - whatever an old model does, it keeps the alias
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            get_logger().warning("%s v%s cannot be scored on tonight's rows: %s",
+                                 spec.model_name, current.version, error)
+        else:
+            old = scored.value
+            difference = mean_ci(new.correct.astype(float) - scored.correct.astype(float),
+                                 n_resamples=params.nightly.bootstrap, seed=params.common.seed,
+                                 block_length=rows.block_length)
+    return champion.Comparison(spec.headline, len(rows.test_labels), rows.digest, new.value,
+                               strongest["strongest_baseline"],
+                               float(strongest["strongest_value"]), old, difference, error)
 
 
 @task(name="judge-challenger")
 def judge(spec: Pipeline, params: Params) -> dict[str, Any]:
     tracking.configure(params.common)
-    rescorer = RESCORERS.get(spec.name)
-    verdict = champion.judge(champion.client(), spec.model_name, score(spec), params.nightly.margin,
-                             rescorer(params, spec.model_name) if rescorer else None)
+    mlflow_client = champion.client()
+    challenger = champion.challenger_version(mlflow_client, spec.model_name)
+    if challenger is None:
+        verdict = champion.no_challenger(mlflow_client, spec.model_name)
+    else:
+        current = champion.champion_version(mlflow_client, spec.model_name)
+        comparison = compare(spec, params, challenger, current)
+        rule = champion.Rule(params.nightly.promote_if, params.nightly.margin)
+        verdict = champion.judge(mlflow_client, spec.model_name, challenger, current,
+                                 comparison, rule)
+        save_profile(spec, params, challenger.run_id)
     get_logger().info("%s: %s", spec.model_name, verdict.reason)
+    export_history(spec)
     return verdict.as_dict()
+
+
+CHAMPIONS = REPORT_DIR / "champions"
+
+
+def export_history(spec: Pipeline) -> dict[str, Any]:
+    """The alias's history from the registry into reports/nightly/champions/<pipeline>.json,
+    which the report site draws as a timeline."""
+    mlflow_client = champion.client()
+    current = champion.champion_version(mlflow_client, spec.model_name)
+    record = {"pipeline": spec.name, "model": spec.model_name,
+              "champion": None if current is None else str(current.version),
+              "history": champion.history(mlflow_client, spec.model_name)}
+    write_json(record, CHAMPIONS / f"{spec.name}.json")
+    return record
 
 
 @task(name="dvc-push")
@@ -148,11 +271,20 @@ def push(remote: str | None) -> int:
     return pushed
 
 
-def night_of(spec: Pipeline, params: Params) -> dict[str, Any]:
-    """One pipeline's night; a failure is recorded, not raised, so the others still run."""
+def night_of(spec: Pipeline, params: Params, accept_data: bool = False) -> dict[str, Any]:
+    """One pipeline's night; a failure is recorded, not raised, so the others still run. New
+    data that fails its checks stops the night before any training, unless a person who
+    looked at it accepts it (`accept_data`: the checks are recorded, the rows trained on)."""
     row: dict[str, Any] = {"pipeline": spec.name}
     try:
+        before = keys_now(spec, params)
         row["data"] = refresh(spec)
+        row["checks"] = check_data(spec, params, before, accept_data)
+        if not row["checks"]["passed"] and not row["checks"].get("accepted"):
+            row["stopped"] = (f"{spec.name}: data checks failed, nothing retrained (the data "
+                              f"is kept to look at): " + "; ".join(row["checks"]["reasons"]))
+            get_logger().error("%s", row["stopped"])
+            return row
         row["stages_run"] = reproduce(spec)
         row["verdict"] = judge(spec, params)
     except ReproLabError as exc:
@@ -161,12 +293,14 @@ def night_of(spec: Pipeline, params: Params) -> dict[str, Any]:
     return row
 
 
+HEADER = ("| pipeline | new data | data checks | stages rerun | metric | champion | challenger "
+          "| difference [95% CI] | promoted | why |")
+
+
 def markdown(rows: list[dict[str, Any]], pushed: int | None,
              runs: Mapping[str, Any] | None = None) -> str:
     """The night's table, then each pipeline's stages with their runs (`runs`: by name)."""
-    lines = ["# Nightly retraining", "",
-             "| pipeline | new data | stages rerun | metric | champion | challenger | promoted "
-             "| why |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["# Nightly retraining", "", HEADER, "|---" * HEADER.count(" | ") + "|---|"]
     for row in rows:
         lines.append(markdown_row(row))
     lines += ["", f"DVC push: {'skipped' if pushed is None else f'{pushed} files'}"]
@@ -183,20 +317,47 @@ def stages_ran(row: dict[str, Any]) -> list[str]:
     return [declaration(row["pipeline"]).stages[0].name, *row.get("stages_run", [])]
 
 
+def data_cell(data: dict[str, Any] | None) -> str:
+    if not data:
+        return ""
+    return (f"yes (+{data['bytes_added']} bytes, +{data['files_added']} files)"
+            if data["changed"] else "no")
+
+
+def checks_cell(checks: dict[str, Any] | None) -> str:
+    if not checks:
+        return ""
+    drifted = [col for col, d in (checks.get("drift") or {}).items() if d.get("drifted")]
+    word = ("passed" if checks["passed"] else
+            "failed, accepted by hand" if checks.get("accepted") else "**failed**")
+    rows = f"{checks.get('rows', 0)} new rows"
+    return f"{word} ({rows}{', drift: ' + ', '.join(drifted) if drifted else ''})"
+
+
+def interval(difference: dict | None) -> str:
+    if not difference:
+        return ""
+    return f"{difference['mean']:+.4f} [{difference['low']:+.4f}, {difference['high']:+.4f}]"
+
+
+def version_value(value: float | None, version: str | None) -> str:
+    return " ".join(part for part in (None if value is None else f"{value:.4f}",
+                                      None if version is None else f"(v{version})") if part)
+
+
 def markdown_row(row: dict[str, Any]) -> str:
-    if "error" in row:
-        return f"| {row['pipeline']} | | | | | | no | **failed**: {row['error']} |"
-    data, verdict = row["data"], row["verdict"]
-    new_data = (f"yes (+{data['bytes_added']} bytes, +{data['files_added']} files)"
-                if data["changed"] else "no")
-    old = " ".join(part for part in (
-        None if verdict["old"] is None else f"{verdict['old']:.4f}",
-        None if verdict["champion"] is None else f"(v{verdict['champion']})") if part)
-    new = "" if verdict["challenger"] is None else f"{verdict['new']:.4f} (v{verdict['challenger']})"
+    name = row["pipeline"]
+    head = f"| {name} | {data_cell(row.get('data'))} | {checks_cell(row.get('checks'))} |"
+    if "error" in row or "stopped" in row:
+        why = f"**failed**: {row['error']}" if "error" in row else f"**stopped**: {row['stopped']}"
+        return f"{head} | | | | | no | {why} |"
+    verdict = row["verdict"]
     stages = ", ".join(row["stages_run"]) or "none"
-    promoted = "yes" if verdict["promoted"] else "no"
-    return (f"| {row['pipeline']} | {new_data} | {stages} | {declaration(row['pipeline']).headline} "
-            f"| {old} | {new} | {promoted} | {verdict['reason']} |")
+    return (f"{head} {stages} | {declaration(name).headline} "
+            f"| {version_value(verdict['old'], verdict['champion'])} "
+            f"| {version_value(verdict['new'], verdict['challenger'])} "
+            f"| {interval(verdict.get('difference'))} "
+            f"| {'yes' if verdict['promoted'] else 'no'} | {verdict['reason']} |")
 
 
 def publish(rows: list[dict[str, Any]], pushed: int | None) -> str:
@@ -217,25 +378,36 @@ def publish(rows: list[dict[str, Any]], pushed: int | None) -> str:
     return text
 
 
+class NightStopped(ReproLabError):
+    """A pipeline's night failed or was stopped by its data checks."""
+
+
 @flow(name="nightly-retrain")
-def nightly(pipelines: list[str] | None = None, overrides: dict[str, Any] | None = None
-            ) -> dict[str, Any]:
-    """Retrain what new data made stale, promote better models, push the data.
+def nightly(pipelines: list[str] | None = None, overrides: dict[str, Any] | None = None,
+            accept_data: bool = False) -> dict[str, Any]:
+    """Check new data, retrain what it made stale, promote better models, push the data.
 
     pipelines: which ones tonight (default params.yaml's nightly.pipelines).
     overrides: dotted params.yaml keys written into params.yaml first, as `dvc exp run -S`
-    does, so DVC sees them (validated before anything is written)."""
-    if overrides:
-        save_overrides(PARAMS_FILE, overrides)
-    params = settings({"nightly.pipelines": pipelines} if pipelines else None)
-    rows = [night_of(declaration(name), params) for name in params.nightly.pipelines]
-    failed = [row for row in rows if "error" in row]
-    # what did complete is pushed even on a night where a pipeline failed
-    pushed = push(params.nightly.remote) if params.nightly.push else None
-    publish(rows, pushed)
-    refresh_site()  # the results site shows tonight
-    if failed:
-        raise StageFailed("; ".join(row["error"] for row in failed))
+    does, so DVC sees them (validated before anything is written).
+    accept_data: new rows that fail the data checks are trained on all the same (a person
+    looked at them: real drift, say); the checks are still run and recorded.
+    A run started on this checkout meanwhile (a pipeline run, another night) waits its turn
+    (tasks/runlock.py), and so does the night for it."""
+    with checkout_lock("nightly"):
+        if overrides:
+            save_overrides(PARAMS_FILE, overrides)
+        params = settings({"nightly.pipelines": pipelines} if pipelines else None)
+        rows = [night_of(declaration(name), params, accept_data)
+                for name in params.nightly.pipelines]
+        # what did complete is pushed even on a night where a pipeline failed
+        pushed = push(params.nightly.remote) if params.nightly.push else None
+        publish(rows, pushed)
+        refresh_site()  # the results site shows tonight
+    bad = [row.get("error") or row["stopped"] for row in rows
+           if "error" in row or "stopped" in row]
+    if bad:
+        raise NightStopped("; ".join(bad))
     return {"pipelines": rows, "pushed": pushed}
 
 
@@ -244,10 +416,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipelines", help=f"comma-separated, from {','.join(PIPELINE_NAMES)}")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="write a params.yaml value first (dotted key)")
+    parser.add_argument("--accept-data", action="store_true",
+                        help="train on new rows that fail the data checks (after a look: "
+                             "real drift); the checks are still recorded")
     args = parser.parse_args(argv)
     pipelines = args.pipelines.split(",") if args.pipelines else None
     try:
-        nightly(pipelines=pipelines, overrides=parse_overrides(args.overrides) or None)
+        nightly(pipelines=pipelines, overrides=parse_overrides(args.overrides) or None,
+                accept_data=args.accept_data)
     except ReproLabError as exc:
         print(f"error: nightly: {exc}", file=sys.stderr)
         return 2

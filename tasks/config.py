@@ -58,6 +58,8 @@ class CommonSettings(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     task_runner: Literal["threads", "dask"] = "threads"
     dask_address: str | None = None
+    lock_wait: float = Field(3600, ge=0, description=(
+        "seconds a run waits for another run on this checkout to finish (tasks/runlock.py)"))
     mlflow: MlflowSettings = MlflowSettings()
 
 
@@ -468,9 +470,36 @@ class KineticsSettings(Section):
 PIPELINE_NAMES = tuple(PIPELINES)  # the declared pipelines (tasks/pipeline.py)
 
 
+class DataChecks(Section):
+    """The night's new data against what the champion was trained on, before any training
+    (tasks/datachecks.py). A failed check stops that pipeline's night."""
+
+    enabled: bool = True
+    max_null_share: float = Field(0.0, ge=0, le=1, description=(
+        "share of nulls allowed in a column the model reads"))
+    max_out_of_range: float = Field(0.0, ge=0, le=1, description=(
+        "share of new rows allowed outside a column's declared range"))
+    max_label_shift: float = Field(0.2, ge=0, le=1, description=(
+        "largest change of a class's share (total variation) from the champion's data"))
+    drift_p_value: float = Field(1e-3, gt=0, lt=1, description=(
+        "a column drifted when its two-sample KS test's p-value is below this ..."))
+    drift_min_statistic: float = Field(0.25, ge=0, le=1, description=(
+        "... and its KS statistic (largest gap of the two CDFs) above this"))
+    max_drifted_columns: int = Field(0, ge=0, description="drifted columns allowed")
+    min_rows: int = Field(20, ge=1, description=(
+        "fewer new rows than this: balance and drift are not tested (the record says so)"))
+    reference_rows: int = Field(5000, ge=100, description=(
+        "rows of the champion's data kept per column as the reference sample"))
+
+
 class NightlySettings(Section):
     pipelines: list[str] = list(PIPELINE_NAMES)
-    margin: float = Field(0.0, ge=0, description="a challenger must beat the champion by this")
+    promote_if: Literal["non_inferior", "superior"] = Field("non_inferior", description=(
+        "the paired 95% interval of challenger - champion on tonight's test rows: its lower "
+        "bound above -margin (non_inferior) or above +margin (superior)"))
+    margin: float = Field(0.01, ge=0, description="the rule's margin, in the headline metric")
+    bootstrap: int = Field(2000, ge=100, description="paired bootstrap resamples")
+    checks: DataChecks = DataChecks()
     push: bool = True
     remote: str | None = Field(None, description="DVC remote to push to; None = the default")
 

@@ -279,17 +279,25 @@ def majority_baseline(y_train: np.ndarray, y_test: np.ndarray) -> dict:
 
 
 # ---------------------------------------------------------------- multi-class
-def mean_ci(values: np.ndarray, *, n_resamples: int, seed: int, alpha: float = 0.05
-            ) -> dict[str, float]:
+def mean_ci(values: np.ndarray, *, n_resamples: int, seed: int, alpha: float = 0.05,
+            block_length: int | None = None) -> dict[str, float]:
     """{"mean", "low", "high"}: the mean of per-sample values (correct 0/1, or a paired
-    difference of two models' correctness) with its iid percentile bootstrap interval."""
+    difference of two models' correctness) with its percentile bootstrap interval: iid
+    resamples, or circular blocks (block_length > 1) for ordered samples, as bootstrap_ci."""
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     if values.size == 0:
         raise DataError("no values to average", field="values")
+    n = values.size
     rng = np.random.default_rng(seed)
-    counts = rng.multinomial(values.size, np.full(values.size, 1 / values.size),
-                             size=n_resamples)
-    means = counts @ values / values.size
+    if block_length is None or block_length <= 1:
+        counts = rng.multinomial(n, np.full(n, 1 / n), size=n_resamples)
+        means = counts @ values / n
+    else:
+        chunk = max(1, _CHUNK_CELLS // n)
+        means = np.concatenate([
+            values[_resample_indices(rng, n, min(chunk, n_resamples - start),
+                                     block_length)].mean(axis=1)
+            for start in range(0, n_resamples, chunk)])
     low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return {"mean": float(values.mean()), "low": float(low), "high": float(high)}
 

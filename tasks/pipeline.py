@@ -117,6 +117,9 @@ class Pipeline:
     title: str = ""                     # how the report site names it
     data_reports: tuple[str, ...] = ()  # JSON data reports (rows in/kept, quarantine, gaps)
     summary: tuple[tuple[str, str], ...] = ()  # extra (name, dotted key) in the metrics file
+    rescorer: str = ""                  # module: tonight's rows for any version (tasks/rescore.py)
+    checks: str = ""                    # module: the rows the night's data checks read
+                                        # (tasks/datachecks.py)
 
     def stage(self, step_or_name: str) -> Stage:
         for stage in self.stages:

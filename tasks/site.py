@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import re
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from typing import Any
 import tasks.crypto.pipeline
 import tasks.quora.pipeline
 import tasks.video.pipeline  # noqa: F401
+from tasks.errors import DataError
 from tasks.logs import get_logger
 from tasks.pipeline import Pipeline, Stage, declarations
 from tasks.storage import atomic_dir, read_json
@@ -229,45 +232,451 @@ def ablations_section(root: Path, spec: Pipeline) -> str:
     return section("Ablations", "".join(parts), "ablations")
 
 
+# ---------------------------------------------------------------- the nightly's records
+TIME = "%Y-%m-%dT%H:%M:%SZ"  # every time the nightly writes, in UTC
+SHORT = 140                  # characters of a reason on the overview
+
+
+def optional_json(path: Path) -> Any:
+    """A file the nightly writes, or None when it is missing, empty or not JSON: the site
+    builds without it (the log names a broken one)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        return read_json(path)
+    except DataError as exc:
+        get_logger().warning("report site: left out %s", exc)
+        return None
+
+
 def nights(root: Path) -> list[dict]:
-    """Every recorded night, oldest first (reports/nightly/nights/*.json)."""
-    folder = root / NIGHTLY / "nights"
-    return [read_json(p) for p in sorted(folder.glob("*.json"))]
+    """Every recorded night, oldest first (reports/nightly/nights/*.json; a move of the alias
+    by hand is a record too, with by: person)."""
+    found = (optional_json(p) for p in sorted((root / NIGHTLY / "nights").glob("*.json")))
+    return [night for night in found if isinstance(night, dict) and night.get("night")]
+
+
+def entries(history: list[dict], pipeline: str) -> list[tuple[dict, dict]]:
+    """(night, row) for each record of `pipeline`, oldest first."""
+    return [(night, row) for night in history for row in night.get("pipelines") or []
+            if isinstance(row, dict) and row.get("pipeline") == pipeline]
+
+
+def nightly_file(root: Path, folder: str, pipeline: str) -> dict:
+    """reports/nightly/<folder>/<pipeline>.json ({} when it is missing or empty)."""
+    record = optional_json(root / NIGHTLY / folder / f"{pipeline}.json")
+    return record if isinstance(record, dict) else {}
+
+
+def spans_of(root: Path, pipeline: str) -> list[dict]:
+    """The champion alias's spans (reports/nightly/champions/<pipeline>.json), oldest first."""
+    spans = nightly_file(root, "champions", pipeline).get("history") or []
+    return [s for s in spans if isinstance(s, dict) and parse_time(s.get("from"))]
+
+
+def parse_time(value: Any) -> datetime | None:
+    try:
+        return datetime.strptime(str(value), TIME).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def duration(since: str, until: str | None) -> str:
+    """'3d 4h' (or '5h 12m') from one UTC time to another; '' if either is unreadable."""
+    start, end = parse_time(since), parse_time(until)
+    if start is None or end is None:
+        return ""
+    days, rest = divmod(max(int((end - start).total_seconds()), 0), 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days}d {hours}h" if days else f"{hours}h {rest // 60}m"
+
+
+def as_of(history: list[dict], spans: list[dict]) -> str | None:
+    """The newest time the records hold: an open span's age is counted to it, so the site is
+    the same whenever it is built from the same files."""
+    times = [night["night"] for night in history] + [
+        s[key] for s in spans for key in ("from", "until") if s.get(key)]
+    return max((t for t in times if parse_time(t)), key=parse_time, default=None)
+
+
+def shorten(value: str, limit: int = SHORT) -> str:
+    return value if len(value) <= limit else value[:limit - 1].rstrip() + "…"
+
+
+# ---------------------------------------------------------------- one night's cells
+def signed(value: Any) -> str:
+    return f"{value:+.4f}" if isinstance(value, int | float) else "?"
+
+
+def difference_text(difference: Mapping | None) -> str:
+    """'+0.0100 [-0.0050, +0.0250]': the paired difference and its 95% interval."""
+    if not isinstance(difference, Mapping):
+        return ""
+    return (f"{signed(difference.get('mean'))} [{signed(difference.get('low'))}, "
+            f"{signed(difference.get('high'))}]")
+
+
+def rule_bound(verdict: Mapping) -> float | None:
+    """The value the interval's lower bound had to clear (tasks.champion.Rule.bound)."""
+    margin = verdict.get("margin")
+    if not isinstance(margin, int | float):
+        return None
+    return {"non_inferior": -margin, "superior": margin}.get(verdict.get("rule"))
+
+
+def version_value(value: Any, version: Any) -> str:
+    parts = (f"{value:.4f}" if isinstance(value, int | float) else None,
+             None if version is None else f"(v{version})")
+    return " ".join(p for p in parts if p)
+
+
+def scores_cell(verdict: Mapping) -> str:
+    old = version_value(verdict.get("old"), verdict.get("champion"))
+    new = version_value(verdict.get("new"), verdict.get("challenger"))
+    return f"{old or '—'} → {new or '—'}" if old or new else ""
+
+
+def data_cell(data: Mapping | None) -> str:
+    if not isinstance(data, Mapping):
+        return ""
+    if not data.get("changed"):
+        return "none"
+    return f"+{data.get('bytes_added', '?')} bytes, +{data.get('files_added', '?')} files"
+
+
+def drifted(checks: Mapping) -> list[str]:
+    return [col for col, d in (checks.get("drift") or {}).items()
+            if isinstance(d, Mapping) and d.get("drifted")]
+
+
+def checks_cell(checks: Mapping | None) -> str:
+    """'passed (120 new rows)', 'failed (80 new rows, drift: x, y)', marked when failed."""
+    if not isinstance(checks, Mapping):
+        return ""
+    cols = drifted(checks)
+    detail = text(f"({checks.get('rows', '?')} new rows"
+                  + (f", drift: {', '.join(cols)}" if cols else "") + ")")
+    word = "passed" if checks.get("passed") else '<b class="noskill">failed</b>'
+    return f"{word} {detail}"
+
+
+def outcome(row: Mapping) -> tuple[str, str]:
+    """(promoted / kept / stopped / failed / '', why) of one record."""
+    verdict = row.get("verdict") if isinstance(row.get("verdict"), Mapping) else {}
+    if row.get("error"):
+        return "failed", str(row["error"])
+    if row.get("stopped"):
+        return "stopped", str(row["stopped"])
+    if not verdict:
+        return "", ""
+    return ("promoted" if verdict.get("promoted") else "kept"), str(verdict.get("reason", ""))
+
+
+def why_cell(row: Mapping) -> str:
+    word, why = outcome(row)
+    if word in ("failed", "stopped"):
+        return f'<b class="noskill" data-outcome="{word}">{word}</b>: {text(why)}'
+    return text(why)
+
+
+def night_row(night: Mapping, row: Mapping) -> tuple[str, ...]:
+    verdict = row.get("verdict") if isinstance(row.get("verdict"), Mapping) else {}
+    by = night.get("by") or verdict.get("by") or "nightly"
+    stages = row.get("stages_run")
+    return (text(night["night"]), text(by), text(data_cell(row.get("data"))),
+            checks_cell(row.get("checks")),
+            text(", ".join(stages) or "none") if isinstance(stages, list) else "",
+            text(scores_cell(verdict)), text(difference_text(verdict.get("difference"))),
+            text(promoted_cell(row, verdict)), why_cell(row))
+
+
+def promoted_cell(row: Mapping, verdict: Mapping) -> str:
+    if verdict:
+        return fmt(bool(verdict.get("promoted")))
+    return "no" if outcome(row)[0] else ""  # a failed or stopped night promotes nothing
+
+
+NIGHT_HEADERS = ("night", "by", "new data", "data checks", "stages rerun",
+                 "champion → challenger", "difference [95% CI]", "promoted", "why")
 
 
 def night_rows(history: list[dict], pipeline: str) -> list[tuple[str, ...]]:
-    rows = []
-    for night in history:
-        for row in night["pipelines"]:
-            if row["pipeline"] != pipeline:
-                continue
-            if "error" in row:
-                rows.append((text(night["night"]), "", "", "", "", text("failed: " + row["error"])))
-                continue
-            data, verdict = row["data"], row["verdict"]
-            added = (f"+{data['bytes_added']} bytes, +{data['files_added']} files"
-                     if data["changed"] else "none")
-            rows.append((text(night["night"]), text(added),
-                         text(", ".join(row["stages_run"]) or "none"),
-                         text(f"{fmt(verdict['old'], 4)} → {fmt(verdict['new'], 4)}"),
-                         text(fmt(verdict["promoted"])), text(verdict["reason"])))
-    return rows
+    return [night_row(night, row) for night, row in entries(history, pipeline)]
 
 
-def nightly_section(root: Path, spec: Pipeline) -> str:
-    rows = night_rows(nights(root), spec.name)
+def nightly_section(history: list[dict], spec: Pipeline) -> str:
+    rows = night_rows(history, spec.name)
     if not rows:
         return ""
-    return section("Nightly retraining", table(
-        ("night", "data added", "stages rerun", "champion → challenger", "promoted", "why"),
-        rows), "nightly")
+    return section("Nightly retraining", table(NIGHT_HEADERS, rows), "nightly")
+
+
+# ---------------------------------------------------------------- plots
+def figure_html(data: bytes, caption: str) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{encoded}" alt="{text(caption)}">'
+            f"<figcaption>{text(caption)}</figcaption></figure>")
 
 
 def image(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    caption = path.stem.replace("_", " ")
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{text(caption)}">'
-            f"<figcaption>{text(caption)}</figcaption></figure>")
+    return figure_html(path.read_bytes(), path.stem.replace("_", " "))
+
+
+def pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def rendered(fig: Any, caption: str) -> str:
+    """A matplotlib figure as an inline PNG (no version stamp: the same bytes every build)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    pyplot().close(fig)
+    return figure_html(buffer.getvalue(), caption)
+
+
+def time_axis(ax: Any, times: list[datetime]) -> None:
+    """Dates on x, padded so a single time still has a visible range."""
+    import matplotlib.dates as mdates
+
+    low, high = min(times), max(times)
+    pad = max((high - low) * 0.05, timedelta(hours=12))
+    ax.set_xlim(low - pad, high + pad)
+    locator = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+
+
+# ---------------------------------------------------------------- the champion's timeline
+def judged(history: list[dict], pipeline: str) -> list[tuple[datetime, dict]]:
+    """(night, verdict) of each night whose verdict has a paired difference, oldest first."""
+    out = []
+    for night, row in entries(history, pipeline):
+        verdict = row.get("verdict")
+        difference = isinstance(verdict, Mapping) and verdict.get("difference")
+        if (isinstance(difference, Mapping) and parse_time(night["night"])
+                and all(isinstance(difference.get(k), int | float)
+                        for k in ("mean", "low", "high"))):
+            out.append((parse_time(night["night"]), verdict))
+    return out
+
+
+def timeline_rows(spans: list[dict], now: str | None) -> list[tuple[str, ...]]:
+    return [(text(f"v{s.get('version', '?')}"), text(s["from"]), text(s.get("until") or "now"),
+             text(duration(s["from"], s.get("until") or now)), text(s.get("by", "")),
+             text(s.get("why", "")), text(s.get("ended", ""))) for s in spans]
+
+
+def draw_spans(ax: Any, spans: list[dict], now: datetime) -> None:
+    """The alias as horizontal bars, one row per version."""
+    from matplotlib.patches import Patch
+
+    labels = sorted({str(s.get("version")) for s in spans}, key=lambda v: (len(v), v))
+    colors = {"nightly": "#3b6fb6", "person": "#d08a1e"}
+    for span in spans:
+        start = parse_time(span["from"])
+        end = max(parse_time(span.get("until")) or now, start)
+        ax.barh(labels.index(str(span.get("version"))), end - start, left=start, height=0.6,
+                color=colors.get(span.get("by"), "#888888"), edgecolor="#1d2433")
+    ax.set_yticks(range(len(labels)), [f"v{v}" for v in labels])
+    ax.set_ylabel("champion")
+    ax.set_ylim(-0.6, len(labels) - 0.4)
+    legend(ax, [Patch(color=color, label=f"moved by {by}") for by, color in colors.items()
+                if any(s.get("by") == by for s in spans)])
+
+
+def draw_differences(ax: Any, points: list[tuple[datetime, dict]]) -> None:
+    """Each judged night's paired difference with its 95% interval; the rule's bound dashed;
+    promoted nights filled."""
+    for at, verdict in points:
+        d, promoted = verdict["difference"], bool(verdict.get("promoted"))
+        ax.errorbar([at], [d["mean"]], yerr=[[d["mean"] - d["low"]], [d["high"] - d["mean"]]],
+                    fmt="o", capsize=4, color="#13795b" if promoted else "#5b6475",
+                    markerfacecolor="#13795b" if promoted else "white")
+    bounds = {(v.get("rule"), v.get("margin"), rule_bound(v)) for _, v in points}
+    for rule, margin, bound in sorted(b for b in bounds if b[2] is not None):
+        ax.axhline(bound, color="#a15c00", linestyle="--", linewidth=1,
+                   label=f"bound {bound:+.4f} ({rule}, margin {margin})")
+    ax.axhline(0, color="#d9dee7", linewidth=1)
+    ax.errorbar([], [], fmt="o", color="#13795b", label="promoted")
+    ax.errorbar([], [], fmt="o", color="#5b6475", markerfacecolor="white", label="kept")
+    ax.set_ylabel("challenger − champion")
+    legend(ax)
+
+
+def legend(ax: Any, handles: list | None = None) -> None:
+    """Outside the plot, on the right: it never hides a bar or a point."""
+    if handles == []:
+        return
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+
+
+def timeline_plot(spans: list[dict], points: list[tuple[datetime, dict]],
+                  now: str | None) -> str:
+    if not spans and not points:
+        return ""
+    plt = pyplot()
+    end = parse_time(now) or max(at for at, _ in points)
+    axes_wanted = [kind for kind, have in (("spans", spans), ("points", points)) if have]
+    fig, axes = plt.subplots(len(axes_wanted), 1, sharex=True, squeeze=False,
+                             figsize=(9, 2.2 + 1.6 * len(axes_wanted)))
+    times = [end] + [at for at, _ in points] + [parse_time(s["from"]) for s in spans]
+    for ax, kind in zip(axes[:, 0], axes_wanted, strict=True):
+        if kind == "spans":
+            draw_spans(ax, spans, end)
+        else:
+            draw_differences(ax, points)
+        time_axis(ax, times)
+    return rendered(fig, "champion alias over time; each judged night's paired difference "
+                         "with its 95% interval")
+
+
+def timeline_section(root: Path, history: list[dict], spec: Pipeline) -> str:
+    spans, points = spans_of(root, spec.name), judged(history, spec.name)
+    if not spans and not points:
+        return ""
+    now = as_of(history, spans)
+    body = ""
+    if spans:
+        body += table(("version", "from", "until", "held for", "by", "why", "ended"),
+                      timeline_rows(spans, now), {3})
+        body += f'<p class="mute">An open span is counted to {text(now)}, the newest record.</p>'
+    body += '<div class="figs">' + timeline_plot(spans, points, now) + "</div>"
+    return section("Champion timeline", body, "timeline")
+
+
+# ---------------------------------------------------------------- data checks
+def share(value: Any) -> str:
+    return f"{value:.2%}" if isinstance(value, int | float) else ""
+
+
+def p_value(value: Any) -> str:
+    return f"{value:.2g}" if isinstance(value, int | float) else "—"
+
+
+def column_rows(checks: Mapping) -> list[tuple[str, ...]]:
+    """Per column: KS, p-value, PSI, drifted, nulls, out of range (whatever was measured)."""
+    drift, nulls = checks.get("drift") or {}, checks.get("nulls") or {}
+    ranges = checks.get("out_of_range") or {}
+    rows = []
+    for col in sorted({*drift, *nulls, *ranges}):
+        d = drift.get(col) if isinstance(drift.get(col), Mapping) else {}
+        rows.append((text(col), num(d.get("ks")), text(p_value(d.get("p_value"))),
+                     num(d.get("psi")), text(fmt(d.get("drifted")) if d else "not tested"),
+                     text(share(nulls.get(col))), text(share(ranges.get(col)))))
+    return rows
+
+
+def listed(label: str, items: Any) -> str:
+    items = [i for i in items or [] if i]
+    if not items:
+        return ""
+    return f"<p>{text(label)}:</p><ul>" + "".join(f"<li>{text(i)}</li>" for i in items) + "</ul>"
+
+
+def checks_block(night: Mapping, checks: Mapping) -> str:
+    shift = checks.get("label_shift")
+    head = (f"<h3>{text(night['night'])}: {checks_cell(checks)}</h3>"
+            f'<p class="mute">reference: {text(checks.get("reference", "—"))}'
+            f"{text(f'; label shift {shift:.3f}') if isinstance(shift, int | float) else ''}"
+            "</p>")
+    rows = column_rows(checks)
+    figures = table(("column", "KS", "p-value", "PSI", "drifted", "nulls", "out of range"),
+                    rows, {1, 2, 3, 5, 6}) if rows else ""
+    return (head + figures + listed("Why it failed", checks.get("reasons"))
+            + listed("Notes", checks.get("notes")))
+
+
+def held_block(held: Mapping) -> str:
+    if not held:
+        return ""
+    keys = held.get("keys") or []
+    return (f'<p class="noskill">{len(keys)} row(s) held back by a failed check, checked again '
+            "next night.</p>" + listed("Held because", held.get("reasons")))
+
+
+def psi_plot(checked: list[tuple[Mapping, Mapping]]) -> str:
+    """PSI per column over the nights that measured drift (only when there are several)."""
+    measured = [(parse_time(n["night"]), c.get("drift")) for n, c in checked
+                if parse_time(n["night"]) and isinstance(c.get("drift"), Mapping)
+                and c.get("drift")]
+    if len(measured) < 2:
+        return ""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    for col in sorted({col for _, drift in measured for col in drift}):
+        points = [(at, drift[col].get("psi")) for at, drift in measured
+                  if isinstance(drift.get(col), Mapping)
+                  and isinstance(drift[col].get("psi"), int | float)]
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=col)
+    ax.set_ylabel("PSI vs the champion's data")
+    time_axis(ax, [at for at, _ in measured])
+    legend(ax)
+    return '<div class="figs">' + rendered(fig, "PSI per column over nights") + "</div>"
+
+
+def checks_section(root: Path, history: list[dict], spec: Pipeline) -> str:
+    checked = [(night, row["checks"]) for night, row in entries(history, spec.name)
+               if isinstance(row.get("checks"), Mapping)]
+    held = nightly_file(root, "held", spec.name)
+    if not checked and not held:
+        return ""
+    body = (held_block(held) + psi_plot(checked)
+            + "".join(checks_block(night, checks) for night, checks in reversed(checked)))
+    return section("Data checks", body, "checks")
+
+
+def nightly_sections(root: Path, spec: Pipeline) -> str:
+    history = nights(root)
+    return (nightly_section(history, spec) + timeline_section(root, history, spec)
+            + checks_section(root, history, spec))
+
+
+# ---------------------------------------------------------------- the overview's champions
+def current_span(spans: list[dict], version: str | None) -> dict | None:
+    mine = [s for s in spans if version is not None and str(s.get("version")) == version]
+    open_ = [s for s in mine if not s.get("until")]
+    return (open_ or mine or [None])[-1]
+
+
+def stale(last: tuple[dict, dict] | None, held: Mapping) -> str:
+    """'no', or 'yes: ...' when the last night failed or was stopped, or rows are held."""
+    word = outcome(last[1])[0] if last else ""
+    why = {"failed": ["the last night failed"],
+           "stopped": ["the last night was stopped by its data checks"]}.get(word, [])
+    if held:
+        why.append(f"{len(held.get('keys') or [])} row(s) held back by a failed check")
+    return "yes: " + "; ".join(why) if why else "no"
+
+
+def overview_row(root: Path, history: list[dict], spec: Pipeline) -> tuple[str, ...]:
+    record = nightly_file(root, "champions", spec.name)
+    champ = None if record.get("champion") is None else str(record["champion"])
+    spans = spans_of(root, spec.name)
+    span = current_span(spans, champ)
+    records = entries(history, spec.name)
+    nightly = [(n, r) for n, r in records if (n.get("by") or "nightly") != "person"]
+    word, reason = outcome(records[-1][1]) if records else ("", "")
+    by_hand = " (by hand)" if records and records[-1][0].get("by") == "person" else ""
+    cells = (f"v{champ}" if champ else "none",
+             duration(span["from"], as_of(history, spans)) if span else "",
+             records[-1][0]["night"] if records else "never",
+             f"{word}{by_hand}: {shorten(reason)}" if word else "",
+             stale(nightly[-1] if nightly else None, nightly_file(root, "held", spec.name)))
+    return (f'<a href="{spec.name}.html">{text(spec.name)}</a>', *map(text, cells))
+
+
+def champions_section(root: Path, specs: list[Pipeline]) -> str:
+    history = nights(root)
+    rows = [overview_row(root, history, spec) for spec in specs]
+    return section("Champions and the last night", table(
+        ("pipeline", "champion", "age", "last record", "last verdict", "stale"),
+        rows), "champions")
 
 
 def plots_section(root: Path, spec: Pipeline) -> str:
@@ -344,15 +753,25 @@ def pipeline_page(root: Path, spec: Pipeline, specs: list[Pipeline]) -> str:
         body = section("Not run yet", f"<p>No {text(spec.results_file)}: run "
                        f"<code>reprolab run {text(spec.name)}</code> or <code>dvc repro "
                        f"{text(spec.last.name)}</code>.</p>", "headline")
+        body += nightly_sections(root, spec)
         return page(spec.title or spec.name, spec.name, specs, body)
     metrics = read_json(metrics_path)
     variants = VARIANTS.get(spec.name)
     body = "".join([
         headline_section(metrics, spec), references_section(metrics),
         variants(metrics) if variants else "", diagnosis_section(metrics),
-        data_section(root, spec), ablations_section(root, spec), nightly_section(root, spec),
+        data_section(root, spec), ablations_section(root, spec), nightly_sections(root, spec),
         plots_section(root, spec)])
     return page(spec.title or spec.name, spec.name, specs, body)
+
+
+def last_night_section(root: Path, specs: list[Pipeline]) -> str:
+    latest = nights(root)[-1:]
+    if not latest:
+        return ""
+    rows = [(text(spec.name), *row) for spec in specs for row in night_rows(latest, spec.name)]
+    return section(f"Last night ({latest[0]['night']})",
+                   table(("pipeline", *NIGHT_HEADERS), rows), "nightly")
 
 
 def index_page(root: Path, specs: list[Pipeline]) -> str:
@@ -369,13 +788,7 @@ def index_page(root: Path, specs: list[Pipeline]) -> str:
                      f'{text(spec.title)}</a></h2><p><span class="big">{num(value, spec.headline)}</span> '
                      f'<span class="mute">{text(spec.headline)} {text(ci(interval))}</span></p>'
                      f"{verdict_line(metrics)}</section>")
-    latest = nights(root)[-1:]
-    night = ""
-    if latest:
-        rows = [r for spec in specs for r in night_rows(latest, spec.name)]
-        night = section(f"Last night ({latest[0]['night']})", table(
-            ("night", "data added", "stages rerun", "champion → challenger", "promoted", "why"),
-            rows), "nightly")
+    night = champions_section(root, specs) + last_night_section(root, specs)
     intro = ('<p class="mute">Built by the DVC stage <code>report</code> from the '
              "results, plots/ and reports/ of this checkout; every number is read from those files.</p>")
     return page("ReproLab results", "index", specs,

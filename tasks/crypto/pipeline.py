@@ -25,6 +25,8 @@ PIPELINE = Pipeline(
         Reference("the same model leak-free, horizon 24", 0.49, FIELD,
                   "leak_audit.leak_free.accuracy", when=(("leak_audit.horizon", 24),)),
     ),
+    rescorer="tasks.crypto.rescore",
+    checks="tasks.crypto.checks",
     test_data_stage="crypto_split",
     data_stages=("crypto_ingest", "crypto_features", "crypto_split"),
     stages=(

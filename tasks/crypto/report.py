@@ -6,17 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from prefect import task
 
 from tasks import tracking
 from tasks.config import CommonSettings, CryptoSettings, flat_params
 from tasks.crypto.backtest import backtest_long_flat, buy_and_hold, plot_equity
-from tasks.crypto.modeling import predict_proba
 from tasks.crypto.pipeline import PIPELINE
-from tasks.crypto.prepare import load_segments
 from tasks.crypto.timeframes import bars_per_year
-from tasks.crypto.training import segment_data
 from tasks.evaluate import (
     binary_metrics,
     choose_threshold,
@@ -62,18 +58,6 @@ def write_equity(timestamps: pd.Series, model: np.ndarray, hold: np.ndarray, des
                               "%Y-%m-%dT%H:%M:%SZ").to_numpy(),
                           "model": model, "buy_and_hold": hold})
     return write_text(frame.to_csv(index=False, float_format="%.6g"), dest)
-
-
-def rescore(model: torch.nn.Module, settings: CryptoSettings, split_dir: Path,
-            device: torch.device) -> float:
-    """test.accuracy of any trained model on this split, scored as evaluate_models scores the
-    model it trained (threshold chosen on val): how the nightly run compares a champion trained
-    on older candles with tonight's challenger on tonight's test data."""
-    inputs, samples, _ = load_segments(split_dir)
-    data = segment_data(inputs, samples, settings.split.window)
-    prob = {name: predict_proba(model, data[name][0], device) for name in ("val", "test")}
-    threshold = choose_threshold(data["val"][1], prob["val"])
-    return binary_metrics(data["test"][1], prob["test"], threshold)["accuracy"]
 
 
 @task(name="crypto-evaluate")

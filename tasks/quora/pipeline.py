@@ -25,6 +25,8 @@ PIPELINE = Pipeline(
         Reference("BiRNN + 1D conv", 0.91, NOTE, "table.birnn_conv.accuracy"),
         Reference("majority class", 0.63, NOTE, "baselines.majority.accuracy"),
     ),
+    rescorer="tasks.quora.rescore",
+    checks="tasks.quora.checks",
     test_data_stage="quora_split",
     data_stages=("quora_ingest", "quora_clean", "quora_split"),
     stages=(

@@ -31,6 +31,8 @@ PIPELINE = Pipeline(
                   when=(("besnet_fixed.dilation", 2),)),
         Reference("frame ResNet-50 features + MLP", 0.65, NOTE, "baselines.frame_model.top1"),
     ),
+    rescorer="tasks.video.rescore",
+    checks="tasks.video.checks",
     test_data_stage="kinetics_split",
     data_stages=("kinetics_download", "kinetics_frames", "kinetics_index", "kinetics_split"),
     ablation_skips=("kinetics_baseline",),  # the ablated switches are BesNet's

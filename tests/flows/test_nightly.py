@@ -2,118 +2,21 @@
 params.yaml overrides, new-data detection from dvc.lock; and a night with new candles."""
 import json
 import subprocess
+import time
 from pathlib import Path
 
-import mlflow
 import pytest
-import torch
 import yaml
 
-from flows.nightly import consumed, data_change, markdown, registered_network
+from flows.nightly import consumed, data_change, markdown
 from tasks import champion
-from tasks.champion import Score
-from tasks.config import load_params, save_overrides
+from tasks.config import save_overrides
 from tasks.crypto.candles import demo_candles
-from tasks.crypto.report import rescore
 from tasks.errors import ConfigError
+from tasks.evaluate import metric_value
+from tasks.pipeline import declaration
 from tests.conftest import VENV_BIN
 from tests.flows.repo_copy import repo_env, run, small_repo
-
-MODEL = "demo-model"
-
-
-@pytest.fixture
-def registry(tmp_path):
-    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    client.create_registered_model(MODEL)
-    return client
-
-
-def new_version(client) -> str:
-    return str(client.create_model_version(MODEL, source="file:///nowhere/model").version)
-
-
-def judge(client, value: float, data: str = "split:aaa", baseline: float = 0.5,
-          margin: float = 0.01, rescore=None) -> champion.Verdict:
-    return champion.judge(client, MODEL, Score("test.accuracy", value, data, baseline), margin,
-                          rescore)
-
-
-def champion_of(client) -> str:
-    return str(client.get_model_version_by_alias(MODEL, champion.CHAMPION).version)
-
-
-def test_first_version_becomes_champion_and_is_never_judged_twice(registry):
-    version = new_version(registry)
-    verdict = judge(registry, 0.55)
-    assert verdict.promoted and verdict.challenger == version and verdict.champion is None
-    assert champion_of(registry) == version
-    tags = registry.get_model_version(MODEL, version).tags
-    assert tags["test_data"] == "split:aaa" and float(tags["test_value"]) == 0.55
-    again = judge(registry, 0.99)  # a night that trained nothing
-    assert not again.promoted and again.challenger is None and "no new model" in again.reason
-    assert champion_of(registry) == version
-
-
-@pytest.mark.parametrize(("value", "promoted"), [(0.565, True), (0.555, False), (0.50, False)])
-def test_on_the_same_test_data_a_challenger_needs_the_margin(registry, value, promoted):
-    first = new_version(registry)
-    judge(registry, 0.55)
-    second = new_version(registry)
-    verdict = judge(registry, value)
-    assert verdict.promoted is promoted and verdict.old == 0.55 and verdict.new == value
-    assert champion_of(registry) == (second if promoted else first)
-    assert "same test data" in verdict.reason
-    assert registry.get_model_version(MODEL, second).tags["decision"].startswith(
-        "promoted" if promoted else "kept the champion")
-
-
-@pytest.mark.parametrize(("value", "promoted"), [(0.52, True), (0.505, False)])
-def test_when_the_test_data_changed_the_challenger_must_beat_the_naive_baseline(
-        registry, value, promoted):
-    new_version(registry)
-    judge(registry, 0.70)  # scored on other (older) test data: not comparable
-    new_version(registry)
-    verdict = judge(registry, value, data="split:bbb", baseline=0.50)
-    assert verdict.promoted is promoted and verdict.old is None
-    assert "not comparable" in verdict.reason and "naive baseline" in verdict.reason
-
-
-@pytest.mark.parametrize(("value", "promoted"), [(0.60, True), (0.58, False)])
-def test_a_champion_scored_on_older_data_is_rescored_on_tonights(registry, value, promoted):
-    first = new_version(registry)
-    judge(registry, 0.70)  # a score on the old test data: not comparable any more
-    second = new_version(registry)
-    rescored = []
-
-    def rescore(version: str) -> float:
-        rescored.append(version)
-        return 0.585
-    verdict = judge(registry, value, data="split:bbb", rescore=rescore)
-    assert rescored == [first] and verdict.old == 0.585
-    assert verdict.promoted is promoted and "re-scored on tonight's test data" in verdict.reason
-    assert champion_of(registry) == (second if promoted else first)
-    if not promoted:  # the kept champion now carries its score on tonight's data
-        tags = registry.get_model_version(MODEL, first).tags
-        assert tags["test_data"] == "split:bbb" and float(tags["test_value"]) == 0.585
-
-
-def test_a_champion_logged_before_models_were_pyfuncs_is_still_rescored(tmp_path):
-    import mlflow.pytorch
-
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    net = torch.nn.Linear(3, 1)
-    with mlflow.start_run():
-        mlflow.pytorch.log_model(net, name="model", registered_model_name="old-model",
-                                 serialization_format="pickle", pip_requirements=["torch"])
-    loaded = registered_network("models:/old-model/1")
-    assert torch.equal(loaded.weight, net.weight)
-
-
-def test_no_registered_version_is_no_verdict(tmp_path):
-    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    verdict = champion.judge(client, "never-trained", Score("m", 1.0, "d", 0.0), 0.0)
-    assert not verdict.promoted and verdict.reason == "no registered model version"
 
 
 def test_overrides_are_validated_then_written_into_params_keeping_comments(tmp_path):
@@ -148,60 +51,141 @@ def test_new_data_is_a_change_of_what_downstream_stages_read():
         "changed": True, "bytes_added": 50, "files_added": 1}
 
 
-def test_the_summary_table_names_failures_and_verdicts():
-    verdict = champion.Verdict("m", "2", "1", False, "does not beat", 0.5, 0.6)
-    text = markdown([{"pipeline": "crypto", "data": {"changed": False}, "stages_run": [],
-                      "verdict": verdict.as_dict()},
-                     {"pipeline": "quora", "error": "quora: stage 'quora_embed' failed"}], 3)
-    assert "| crypto | no | none | test.accuracy | 0.6000 (v1) | 0.5000 (v2) | no |" in text
+def test_the_summary_table_names_failures_stops_and_verdicts():
+    verdict = champion.Verdict("m", "2", "1", False, "lower bound <= -0.01", 0.5, 0.6,
+                               difference={"mean": -0.1, "low": -0.15, "high": -0.05})
+    checks = {"passed": True, "rows": 24, "drift": {}}
+    text = markdown([{"pipeline": "crypto", "data": {"changed": False}, "checks": checks,
+                      "stages_run": [], "verdict": verdict.as_dict()},
+                     {"pipeline": "quora", "error": "quora: stage 'quora_embed' failed"},
+                     {"pipeline": "kinetics", "data": {"changed": True, "bytes_added": 9,
+                                                       "files_added": 1},
+                      "checks": {"passed": False, "rows": 3,
+                                 "drift": {"duration": {"drifted": True}}},
+                      "stopped": "kinetics: data checks failed"}], 3)
+    assert ("| crypto | no | passed (24 new rows) | none | test.accuracy | 0.6000 (v1) "
+            "| 0.5000 (v2) | -0.1000 [-0.1500, -0.0500] | no | lower bound <= -0.01 |") in text
     assert "**failed**: quora: stage 'quora_embed' failed" in text
+    assert "**failed** (3 new rows, drift: duration)" in text
+    assert "**stopped**: kinetics: data checks failed" in text
     assert "DVC push: 3 files" in text
 
 
-@pytest.mark.slow
-def test_a_night_with_new_candles_retrains_and_judges_on_the_new_test_data(
-        tmp_path_factory, prefect_server):
-    dest = tmp_path_factory.mktemp("nightly")
-    csv = dest / "candles.csv"
-    repo = small_repo(dest, {"crypto": {"source": "file",
-                                        "file": {"path": str(csv), "format": "auto",
-                                                 "exchange": "binance",
-                                                 "symbol": "BTC/USDT"}}})
-    candles = demo_candles(3300, pd_start(), "1h", seed=7)
-    candles.iloc[:3000].to_csv(csv, index=False)
-    env = repo_env(prefect_server)
-    nightly = [str(VENV_BIN / "python"), "-m", "flows.nightly", "--pipelines", "crypto"]
+# ---------------------------------------------------------------- nights on one checkout
+WORSE = {"crypto.train.lr": 1e-9, "quora.train.lr": 1e-9, "kinetics.train.lr": 1e-9}
 
-    run(nightly, repo, env)
-    first = summary(repo)
-    assert first["data"]["changed"] and first["verdict"]["promoted"]
-    candles.to_csv(csv, index=False)  # 300 new hourly candles at the end of the export
-    run(nightly, repo, env)
-    second = summary(repo)
-    assert second["data"]["changed"] and second["data"]["bytes_added"] > 0
-    assert "crypto_train" in second["stages_run"]
-    verdict = second["verdict"]
-    assert verdict["challenger"] == "2" and verdict["champion"] == "1"
-    # the test window moved with the data, so v1 was re-scored on it the way evaluate scores
-    assert "re-scored on tonight's test data" in verdict["reason"]
-    metrics = json.loads((repo / "reports/crypto/results.json").read_text())
-    assert verdict["new"] == metrics["test"]["accuracy"]
-    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
-    v2 = registered_network("models:/crypto-next-move/2")  # the pyfunc's network
-    params = load_params(repo / "params.yaml")
-    assert rescore(v2, params.crypto, repo / "data/crypto/splits", torch.device("cpu")) == (
-        pytest.approx(metrics["test"]["accuracy"]))  # the rescoring reproduces evaluate's score
-    status = subprocess.run([str(VENV_BIN / "dvc"), "status", "--json", "--with-deps",
-                             "crypto_evaluate"], cwd=repo, env=env, capture_output=True,
-                            text=True, check=True)
-    assert json.loads(status.stdout) == {}
+
+def sources(dest: Path) -> tuple[Path, Path, dict]:
+    """A Binance-style candle export and a Quora dump that grow night by night, and the
+    params that read them (Kinetics stays on its demo clips)."""
+    candles, pairs = dest / "BTCUSDT-1h.csv", dest / "quora.tsv"
+    extra = {"crypto": {"source": "file", "file": {"path": str(candles), "format": "auto",
+                                                   "exchange": "binance", "symbol": "BTC/USDT"}},
+             "quora": {"source": "file", "file": {"path": str(pairs)}}}
+    return candles, pairs, extra
+
+
+def write_sources(candles_csv: Path, pairs_tsv: Path, bars: int, pairs: int,
+                  spike: bool = False, empty_questions: int = 0) -> None:
+    from tasks.quora.ingest import demo_pairs
+
+    candles = demo_candles(3600, pd_start(), "1h", seed=7).iloc[:bars].copy()
+    if spike:  # a broken feed: consistent candles, 1000x the price
+        candles.iloc[-3:, 1:5] *= 1000.0
+    candles.to_csv(candles_csv, index=False)
+    frame = demo_pairs(2000, seed=3).iloc[:pairs].copy()
+    if empty_questions:
+        frame.iloc[-empty_questions:, frame.columns.get_loc("question2")] = ""
+    frame.to_csv(pairs_tsv, sep="\t", index=False)
+
+
+def nightly_cmd(*args: str) -> list[str]:
+    return [str(VENV_BIN / "python"), "-m", "flows.nightly", *args]
+
+
+def night_rows(repo: Path) -> dict[str, dict]:
+    record = json.loads((repo / "reports/nightly/summary.json").read_text())
+    return {row["pipeline"]: row for row in record["pipelines"]}
+
+
+def dvc_stale(repo: Path, env: dict) -> set[str]:
+    out = subprocess.run([str(VENV_BIN / "dvc"), "status", "--json"], cwd=repo, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    return set(json.loads(out))
+
+
+@pytest.mark.slow
+def test_nights_check_new_data_judge_on_the_same_rows_and_wait_for_other_runs(
+        tmp_path_factory, prefect_server):
+    dest = tmp_path_factory.mktemp("nights")
+    candles_csv, pairs_tsv, extra = sources(dest)
+    repo = small_repo(dest / "repo", extra)
+    env = repo_env(prefect_server)
+    write_sources(candles_csv, pairs_tsv, 3000, 1200)
+
+    # night 1, and a person's pipeline run started together on the same checkout: both
+    # complete, one after the other, and DVC finds nothing stale after them
+    person = subprocess.Popen([str(VENV_BIN / "reprolab"), "run", "crypto"], cwd=repo, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(3)
+    night = subprocess.run(nightly_cmd(), cwd=repo, env=env, capture_output=True, text=True)
+    person_out = person.communicate(timeout=900)[0]
+    assert person.returncode == 0, person_out[-3000:]
+    assert night.returncode == 0, (night.stdout + night.stderr)[-3000:]
+    assert "waits for" in night.stdout + night.stderr + person_out
+    assert dvc_stale(repo, env) == set()
+    first = night_rows(repo)
+    for name, row in first.items():
+        assert row["checks"]["passed"] and row["verdict"]["challenger"] is not None, name
+        spec = declaration(name)  # through its pyfunc, the challenger scores what evaluate did
+        results = json.loads((repo / spec.results_file).read_text())
+        assert row["verdict"]["new"] == metric_value(results, spec.headline), name
+    # where night 1's model did not beat its strongest baseline, a person promotes it by hand
+    for name, row in first.items():
+        if not row["verdict"]["promoted"]:
+            hand = run([str(VENV_BIN / "reprolab"), "promote", name,
+                        row["verdict"]["challenger"], "--reason", "a champion to test"],
+                       repo, env)
+            assert f"-> v{row['verdict']['challenger']} (by hand: a champion" in hand.stdout
+    champions = {name: row["verdict"]["challenger"] for name, row in first.items()}
+
+    # night 2: new rows for every pipeline, and challengers made worse on purpose (a learning
+    # rate that leaves them untrained): none is promoted; each champion was re-scored on
+    # tonight's rows through its pyfunc (the rows moved), the difference below zero
+    write_sources(candles_csv, pairs_tsv, 3300, 1500)
+    sets = [arg for key, value in {**WORSE, "kinetics.demo.clips_per_class": 4}.items()
+            for arg in ("--set", f"{key}={value}")]
+    run(nightly_cmd(*sets), repo, env)
+    second = night_rows(repo)
+    for name, row in second.items():
+        verdict = row["verdict"]
+        assert row["data"]["changed"] and row["checks"]["rows"] > 0, name
+        assert verdict["challenger"] is not None and not verdict["promoted"], (name, verdict)
+        assert verdict["digest"] != first[name]["verdict"]["digest"], name
+        assert verdict["champion"] == champions[name] and verdict["old"] is not None, name
+        assert verdict["difference"]["mean"] <= 0, name
+    assert dvc_stale(repo, env) == set()
+
+    # night 3: a broken candle feed (1000x prices) and a Quora slice with empty questions:
+    # both stop before any training, with their reasons on the record and the site; Kinetics,
+    # with nothing new, goes on; the night fails naming them
+    write_sources(candles_csv, pairs_tsv, 3324, 1550, spike=True, empty_questions=30)
+    stopped = subprocess.run(nightly_cmd(), cwd=repo, env=env, capture_output=True, text=True)
+    assert stopped.returncode == 2 and "data checks failed" in stopped.stderr
+    third = night_rows(repo)
+    for name in ("crypto", "quora"):
+        row = third[name]
+        assert not row["checks"]["passed"] and "stages_run" not in row and "verdict" not in row
+        assert row["stopped"].startswith(f"{name}: data checks failed")
+        assert (repo / f"reports/nightly/held/{name}.json").exists()
+    assert "log_return" in third["crypto"]["stopped"]
+    assert third["kinetics"]["stages_run"] == [] and "error" not in third["kinetics"]
+    page = (repo / "reports/site/crypto.html").read_text()
+    assert "data checks failed" in page
+    assert {"crypto_features", "quora_clean"} <= dvc_stale(repo, env)  # held, not trained on
 
 
 def pd_start():
     import pandas as pd
 
     return pd.Timestamp("2024-01-01", tz="UTC").to_pydatetime()
-
-
-def summary(repo: Path) -> dict:
-    return json.loads((repo / "reports/nightly/summary.json").read_text())["pipelines"][0]

@@ -178,6 +178,22 @@ def after_make_stop(shell: Shell, proc) -> None:
     assert "PREFECT_API_URL" not in shell.run(".venv/bin/prefect config view").stdout
 
 
+def after_rollback(shell: Shell, proc) -> None:
+    """Two moves by hand and a rollback: the alias is v2's again, each move a span by a
+    person in the registry, a record on the site's history, the site rebuilt."""
+    assert "champion v1 -> v2" in proc.stdout
+    client = MlflowClient(tracking_uri=f"sqlite:///{shell.cwd}/mlflow.db")
+    assert client.get_model_version_by_alias("crypto-next-move", "champion").version == "2"
+    exported = json.loads((shell.cwd / "reports/nightly/champions/crypto.json").read_text())
+    assert exported["champion"] == "2"
+    assert [(s["version"], s["by"]) for s in exported["history"]][-3:] == [
+        ("2", "person"), ("1", "person"), ("2", "person")]
+    by_hand = sorted((shell.cwd / "reports/nightly/nights").glob("*-by-hand.json"))
+    assert len(by_hand) == 3
+    assert "rollback: the look is over" in (shell.cwd / "reports/site/crypto.html").read_text()
+    assert stale(shell) == set()
+
+
 CHECKS = {  # the start of a README command -> what must hold after it
     "make server ": after_make_server,
     ".venv/bin/dvc metrics show": after_metrics_show,
@@ -197,6 +213,7 @@ CHECKS = {  # the start of a README command -> what must hold after it
     ".venv/bin/prefect deployment run": after_deployment_run,
     "make worker WORKER_FLOWS": after_make_worker,
     "make stop": after_make_stop,
+    ".venv/bin/reprolab rollback crypto": after_rollback,
 }
 
 
