@@ -262,9 +262,23 @@ def soak(work: Path, plan: Plan, pipelines: list[str]) -> int:
                 print(line(night, kind, row, seconds), flush=True)
             if code not in (0, 2):
                 print(f"  night {night} exited {code}: {err}", flush=True)
+            if night == 1:
+                first_champions(repo, env, record)
         return report(repo, env, history, pipelines, plan)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
+
+
+def first_champions(repo: Path, env: dict, record: dict) -> None:
+    """Where the first night's model did not beat its strongest baseline (small models on
+    small data), a person promotes it, so that every later night has a champion to beat."""
+    for row in record["pipelines"]:
+        verdict = row.get("verdict") or {}
+        if verdict.get("challenger") and not verdict.get("promoted"):
+            out = subprocess.run([str(PYTHON), "-m", "flows.cli", "promote", row["pipeline"],
+                                  verdict["challenger"], "--reason", "soak: a first champion"],
+                                 cwd=repo, env=env, capture_output=True, text=True)
+            print(f"  by hand: {(out.stdout or out.stderr).strip()}", flush=True)
 
 
 def report(repo: Path, env: dict, history: list, pipelines: list[str], plan: Plan) -> int:
@@ -273,8 +287,11 @@ def report(repo: Path, env: dict, history: list, pipelines: list[str], plan: Pla
         out = subprocess.run([str(PYTHON), "-m", "flows.cli", "champion", name], cwd=repo,
                              env=env, capture_output=True, text=True)
         print(out.stdout or out.stderr)
-    status = subprocess.run([str(ROOT / ".venv/bin/dvc"), "status", "--json"], cwd=repo,
-                            env=env, capture_output=True, text=True)
+    from tasks.pipeline import declaration
+
+    targets = [declaration(name).last.name for name in pipelines]  # and what they depend on
+    status = subprocess.run([str(ROOT / ".venv/bin/dvc"), "status", "--json", "--with-deps",
+                             *targets], cwd=repo, env=env, capture_output=True, text=True)
     stale = set(json.loads(status.stdout or "{}"))
     nights = [p for p in (repo / "reports/nightly/nights").glob("*.json")
               if not p.name.endswith("-by-hand.json")]

@@ -111,15 +111,23 @@ def held_keys(spec: Pipeline) -> set:
 
 
 def champion_profile(spec: Pipeline) -> tuple[dict | None, str]:
-    """The data profile of what the champion was trained on, and where it came from."""
+    """The data profile of what the champion was trained on (no champion yet: what the newest
+    judged version was trained on), and where it came from."""
     mlflow_client = champion.client()
     current = champion.champion_version(mlflow_client, spec.model_name)
     if current is None:
-        return None, "no champion yet"
+        judged = [v for v in champion.versions(mlflow_client, spec.model_name)
+                  if "decision" in v.tags]
+        if not judged:
+            return None, "no champion yet"
+        current, whose = judged[-1], f"no champion yet: the data v{judged[-1].version} was " \
+                                     "trained on"
+    else:
+        whose = f"the champion v{current.version}"
     try:
-        return _load_profile(current.run_id), f"the champion v{current.version}"
+        return _load_profile(current.run_id), whose
     except Exception as exc:  # noqa: BLE001 - an older version without a profile, a lost store
-        return None, f"the champion v{current.version} has no data profile ({exc})"
+        return None, f"{whose} has no data profile ({exc})"
 
 
 PROFILE = "data_profile.json"

@@ -482,7 +482,8 @@ class DataChecks(Section):
     max_label_shift: float = Field(0.2, ge=0, le=1, description=(
         "largest change of a class's share (total variation) from the champion's data"))
     drift_p_value: float = Field(1e-3, gt=0, lt=1, description=(
-        "a column drifted when its two-sample KS test's p-value is below this ..."))
+        "a column drifted when its two-sample Anderson-Darling p-value is at most this (0.001 "
+        "is the test's floor) ..."))
     drift_min_statistic: float = Field(0.25, ge=0, le=1, description=(
         "... and its KS statistic (largest gap of the two CDFs) above this"))
     max_drifted_columns: int = Field(0, ge=0, description="drifted columns allowed")

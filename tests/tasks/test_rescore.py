@@ -23,6 +23,17 @@ def scored_version(run: dict, spec, rows: Rows) -> rescore.Scored:
     return rescore.score_version(spec, f"models:/{run['name']}/{run['version']}", rows)
 
 
+def scores_as_evaluate(run: dict, spec) -> tuple[Rows, dict]:
+    """Tonight's rows of a run, and its results file, once the registered version scored on
+    those rows as evaluate scored it (value and threshold)."""
+    rows = rescore.tonight(spec, run["params"], run["paths"].root)
+    results = read_json(run["paths"].results)
+    scored = scored_version(run, spec, rows)
+    assert scored.value == pytest.approx(metric_value(results, spec.headline), abs=1e-9)
+    assert scored.threshold == pytest.approx(results["test"]["threshold"], abs=1e-9)
+    return rows, results
+
+
 # ---------------------------------------------------------------- the rule, without a model
 def test_binary_rows_are_scored_at_the_threshold_chosen_on_dev():
     dev_labels, dev_prob = np.array([0, 0, 1, 1, 1]), np.array([0.1, 0.6, 0.65, 0.7, 0.9])
@@ -63,11 +74,7 @@ def test_crypto_version_scores_as_crypto_evaluate(crypto, tmp_path):
     from tasks.crypto.rescore import fed_candles, history_needed
 
     paths, params = crypto["paths"], crypto["params"]
-    rows = rescore.tonight(PIPELINE, params, paths.root)
-    results = read_json(paths.results)
-    scored = scored_version(crypto, PIPELINE, rows)
-    assert scored.value == pytest.approx(metric_value(results, PIPELINE.headline), abs=1e-9)
-    assert scored.threshold == pytest.approx(results["test"]["threshold"], abs=1e-9)
+    rows, results = scores_as_evaluate(crypto, PIPELINE)
     assert len(rows.test_labels) == results["test"]["n"]
     assert rows.block_length == results["bootstrap"]["block_length"]
     # the pyfunc is fed its history before the first val row, up to the last test row
@@ -95,11 +102,7 @@ def test_quora_version_scores_as_quora_evaluate(quora, tmp_path):
     from tasks.quora.pipeline import PIPELINE
 
     paths, params = quora["paths"], quora["params"]
-    rows = rescore.tonight(PIPELINE, params, paths.root)
-    results = read_json(paths.results)
-    scored = scored_version(quora, PIPELINE, rows)
-    assert scored.value == pytest.approx(metric_value(results, PIPELINE.headline), abs=1e-9)
-    assert scored.threshold == pytest.approx(results["test"]["threshold"], abs=1e-9)
+    rows, results = scores_as_evaluate(quora, PIPELINE)
     assert len(rows.test_labels) == results["test"]["n"] and rows.block_length is None
 
     pairs = pd.read_parquet(paths.split / "pairs.parquet")
