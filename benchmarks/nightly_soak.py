@@ -278,7 +278,8 @@ def first_champions(repo: Path, env: dict, record: dict) -> None:
             out = subprocess.run([str(PYTHON), "-m", "flows.cli", "promote", row["pipeline"],
                                   verdict["challenger"], "--reason", "soak: a first champion"],
                                  cwd=repo, env=env, capture_output=True, text=True)
-            print(f"  by hand: {(out.stdout or out.stderr).strip()}", flush=True)
+            said = (out.stdout or out.stderr).strip().splitlines() or [""]
+            print(f"  by hand: {said[-1]}", flush=True)
 
 
 def report(repo: Path, env: dict, history: list, pipelines: list[str], plan: Plan) -> int:

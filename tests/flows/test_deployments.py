@@ -145,7 +145,10 @@ def test_a_failing_stage_fails_the_night_naming_it_and_the_next_night_resumes_th
     assert resumed["state_type"] == "COMPLETED", resumed["state"]
     row = summary["pipelines"][0]
     assert row["stages_run"][0] == "quora_embed" and "quora_clean" not in row["stages_run"]
-    assert row["verdict"]["promoted"]
-    assert registry(repo).get_model_version_by_alias("quora-duplicates", "champion")
+    verdict = row["verdict"]  # the first version, judged: the champion if it beats logistic
+    assert verdict["challenger"] is not None and verdict["baseline"] == "logistic"
+    assert verdict["promoted"] == (verdict["new"] > verdict["baseline_value"])
+    assert bool(registry(repo).search_model_versions(
+        "name='quora-duplicates'")[0].aliases) == verdict["promoted"]
     assert dvc_clean(repo, env, "quora_evaluate")
 
