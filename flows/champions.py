@@ -69,4 +69,5 @@ def record(pipeline: str, verdict: champion.Verdict) -> None:
     """The move as a night record (by a person), which the report site lists."""
     entry = {"night": verdict.at, "by": verdict.by,
              "pipelines": [{"pipeline": pipeline, "verdict": verdict.as_dict()}]}
-    write_json(entry, REPORT_DIR / "nights" / f"{verdict.at.replace(':', '-')}-by-hand.json")
+    name = f"{verdict.at.replace(':', '-')}-{pipeline}-v{verdict.challenger}-by-hand.json"
+    write_json(entry, REPORT_DIR / "nights" / name)
