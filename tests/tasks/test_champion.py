@@ -27,7 +27,10 @@ def comparison(new: float, old: float | None = None, low: float = 0.0, high: flo
                       difference, error)
 
 
-def night(client, compared: Comparison, rule: Rule = Rule("non_inferior", 0.01)):
+DEFAULT = Rule("non_inferior", 0.01)
+
+
+def night(client, compared: Comparison, rule: Rule = DEFAULT):
     """One judged challenger: the newest version against the champion."""
     challenger = champion.challenger_version(client, MODEL)
     current = champion.champion_version(client, MODEL)
