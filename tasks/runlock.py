@@ -6,7 +6,8 @@ of a busy output.
 The lock is an OS file lock (`flock`) on `.dvc/tmp/reprolab/run.lock`, so a run that dies
 releases it with its process. The holder writes who it is beside it, so a waiting run can say
 what it waits for. It is re-entrant in a process, and the processes a holder starts (DVC's
-stage commands) inherit it through REPROLAB_RUN_LOCK instead of waiting for their parent.
+stage commands) inherit it through REPROLAB_RUN_LOCK instead of waiting for their parent; of
+a torchrun job's ranks on one machine, the first (LOCAL_RANK 0) holds it for the others.
 """
 from __future__ import annotations
 
@@ -53,13 +54,19 @@ def _inherited(lock: Path) -> bool:
     return bool(held) and Path(held).resolve() == lock.resolve()
 
 
+def _other_rank() -> bool:
+    """A torchrun rank but the first on its machine: its siblings are not its children, and
+    the first holds the lock for all of them (waiting for it would deadlock their start)."""
+    return os.environ.get("LOCAL_RANK", "0") != "0"
+
+
 @contextmanager
 def run_lock(what: str, wait: float, lock: Path = LOCK) -> Iterator[None]:
     """Hold the checkout's run lock while the block runs, waiting up to `wait` seconds for
     another run to finish (a log line says which); Busy after that. Outside a DVC repo (no
     `.dvc/`: nothing shared to protect) it does nothing."""
     global _depth
-    if _depth or _inherited(lock) or not lock.parent.parent.parent.is_dir():
+    if _depth or _inherited(lock) or _other_rank() or not lock.parent.parent.parent.is_dir():
         _depth += 1
         try:
             yield

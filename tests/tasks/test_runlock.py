@@ -78,3 +78,12 @@ def test_outside_a_dvc_repo_there_is_nothing_to_lock(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with run_lock("crypto train", 0):
         assert not (tmp_path / LOCK).exists()
+
+
+def test_of_torchruns_ranks_the_first_holds_the_lock_for_the_others(checkout, monkeypatch):
+    holder = hold(5.0)  # rank 0, say
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with run_lock("kinetics train", 0):  # no wait: its sibling holds the lock
+        pass
+    holder.kill()
+    holder.wait()
