@@ -216,15 +216,22 @@ def run_stage(monkeypatch, tmp_path, module, stage: str, task: str, params) -> N
     getattr(module, stage)(params)
 
 
+def ingested(monkeypatch, tmp_path, pipeline: str, overrides: dict, task: str):
+    """(params, the checks' table) after the pipeline's ingest stage ran on `overrides`."""
+    import importlib
+
+    params = load_params(ROOT / "params.yaml", overrides)
+    run_stage(monkeypatch, tmp_path, importlib.import_module(f"tasks.{pipeline}.ingest"),
+              "ingest_stage", task, params)
+    return params, importlib.import_module(f"tasks.{pipeline}.checks").table(params, tmp_path)
+
+
 def test_crypto_table_from_ingested_candles(monkeypatch, tmp_path):
-    from tasks.crypto import ingest
     from tasks.crypto.checks import table
     from tasks.crypto.paths import CryptoPaths
 
-    params = load_params(ROOT / "params.yaml", {"crypto.source": "demo",
-                                                "crypto.demo.n_bars": 3000})
-    run_stage(monkeypatch, tmp_path, ingest, "ingest_stage", "ingest_candles", params)
-    clean = table(params, tmp_path)
+    params, clean = ingested(monkeypatch, tmp_path, "crypto", {
+        "crypto.source": "demo", "crypto.demo.n_bars": 3000}, "ingest_candles")
     frame = clean.frame
     assert clean.key == "timestamp" and clean.label == "next_bar_up"
     assert len(frame) == 2999  # the first candle has no previous close
@@ -258,13 +265,10 @@ def test_crypto_table_from_ingested_candles(monkeypatch, tmp_path):
 
 
 def test_quora_table_from_ingested_pairs(monkeypatch, tmp_path):
-    from tasks.quora import ingest
     from tasks.quora.checks import table
 
-    params = load_params(ROOT / "params.yaml", {"quora.source": "demo",
-                                                "quora.demo.n_pairs": 1500})
-    run_stage(monkeypatch, tmp_path, ingest, "ingest_stage", "ingest_pairs", params)
-    clean = table(params, tmp_path)
+    params, clean = ingested(monkeypatch, tmp_path, "quora", {
+        "quora.source": "demo", "quora.demo.n_pairs": 1500}, "ingest_pairs")
     frame = clean.frame
     assert clean.key == "id" and clean.label == "is_duplicate" and frame["id"].is_unique
     assert len(frame) == 1500
