@@ -183,7 +183,7 @@ def after_rollback(shell: Shell, proc) -> None:
     person in the registry, a record on the site's history, the site rebuilt."""
     assert "champion v1 -> v2" in proc.stdout
     client = MlflowClient(tracking_uri=f"sqlite:///{shell.cwd}/mlflow.db")
-    assert client.get_model_version_by_alias("crypto-next-move", "champion").version == "2"
+    assert str(client.get_model_version_by_alias("crypto-next-move", "champion").version) == "2"
     exported = json.loads((shell.cwd / "reports/nightly/champions/crypto.json").read_text())
     assert exported["champion"] == "2"
     assert [(s["version"], s["by"]) for s in exported["history"]][-3:] == [
