@@ -120,8 +120,8 @@ def champion_profile(spec: Pipeline) -> tuple[dict | None, str]:
                   if "decision" in v.tags]
         if not judged:
             return None, "no champion yet"
-        current, whose = judged[-1], f"no champion yet: the data v{judged[-1].version} was " \
-                                     "trained on"
+        current = judged[-1]
+        whose = f"no champion yet: the data v{current.version} was trained on"
     else:
         whose = f"the champion v{current.version}"
     try:
