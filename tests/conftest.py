@@ -28,9 +28,12 @@ for key, value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": 
 def pytest_configure(config):
     """Prefect's home (profiles, the ephemeral server's database, stored results) is the
     session's own, never the checkout's .prefect/ that `make demo` fills (the Makefile exports
-    it); subprocesses inherit it."""
+    it); subprocesses inherit it. Its trainings list themselves in a folder of their own
+    (tasks/threads.py, the machine share), so what else trains on the machine never changes
+    their thread count: the tests that compare two runs bit for bit stay exact."""
     config._reprolab_prefect_home = tempfile.mkdtemp(prefix="reprolab-tests-prefect-")
     os.environ["PREFECT_HOME"] = config._reprolab_prefect_home
+    os.environ["REPROLAB_RUNS_DIR"] = os.path.join(config._reprolab_prefect_home, "runs")
 
 
 def pytest_unconfigure(config):
