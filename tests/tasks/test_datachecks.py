@@ -236,7 +236,7 @@ def test_crypto_table_from_ingested_candles(monkeypatch, tmp_path):
     assert clean.key == "timestamp" and clean.label == "next_bar_up"
     assert len(frame) == 2999  # the first candle has no previous close
     assert frame["timestamp"].is_unique and frame["timestamp"].is_monotonic_increasing
-    assert [c.name for c in clean.columns if c.drift] == ["log_return", "log_volume_change"]
+    assert [c.name for c in clean.columns if c.drift] == ["scaled_return", "log_volume_change"]
     assert set(frame["next_bar_up"].iloc[:-1]) == {0.0, 1.0}
     assert np.isnan(frame["next_bar_up"].iloc[-1])
     index = np.arange(len(frame))
@@ -262,6 +262,51 @@ def test_crypto_table_from_ingested_candles(monkeypatch, tmp_path):
                     SETTINGS)["reasons"]
     assert any(r.startswith("column 'close' is outside (0, inf) in 1 of") for r in reasons)
     assert any(r.startswith("column 'log_return' is null, NaN or infinite") for r in reasons)
+
+
+def candles_from(returns: np.ndarray, seed: int = 0) -> pd.DataFrame:
+    """Consistent hourly candles whose closes move by `returns` (log)."""
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(returns))
+    open_ = np.concatenate([[100.0], close[:-1]])
+    return pd.DataFrame({
+        "timestamp": pd.date_range("2024-01-01", periods=len(close), freq="h", tz="UTC"),
+        "open": open_, "high": np.maximum(open_, close) * 1.001,
+        "low": np.minimum(open_, close) * 0.999, "close": close,
+        "volume": rng.lognormal(3, 0.5, len(close))})
+
+
+def test_a_volatility_regime_is_not_drift_but_a_sudden_wild_day_is():
+    from tasks.crypto.checks import candle_table
+
+    rng = np.random.default_rng(3)
+    calm, wild = rng.normal(0, 0.004, 2000), rng.normal(0, 0.012, 600)  # 3x, for 25 days
+    table = candle_table(candles_from(np.concatenate([calm, wild])))
+    index = np.arange(len(table.frame))
+    reference = profile(table.rows(index < 1999), SETTINGS, seed=0)
+    night = table.rows(index >= len(index) - 24)  # the 25th day of the wilder market
+    result = check(night, reference, SETTINGS)
+    assert result["passed"], summary_line(result)
+    raw = Table(night.frame, (Column("log_return"),), None, "timestamp")
+    raw_reference = profile(Table(table.rows(index < 1999).frame, (Column("log_return"),), None,
+                                  "timestamp"), SETTINGS, seed=0)
+    assert check(raw, raw_reference, SETTINGS)["drift"]["log_return"]["drifted"]  # raw would stop
+
+    sudden = np.concatenate([calm, calm[:24] * 8])  # the day after the calm: 8x at once
+    table = candle_table(candles_from(sudden))
+    index = np.arange(len(table.frame))
+    result = check(table.rows(index >= 1999), reference, SETTINGS)
+    assert not result["passed"] and result["drift"]["scaled_return"]["drifted"]
+
+
+def test_scaled_returns_of_a_flat_market_and_a_broken_price():
+    from tasks.crypto.checks import scaled_returns
+
+    flat = scaled_returns(pd.Series([0.0, 0.0, 0.0, 0.01, np.nan, 0.01]))
+    assert flat.iloc[:3].tolist() == [0.0, 0.0, 0.0]
+    assert flat.iloc[3] == 1.0  # the first move out of a flat market is its own scale
+    assert np.isnan(flat.iloc[4])  # a broken price: the null check names it
+    assert np.isfinite(flat.iloc[5])
 
 
 def test_quora_table_from_ingested_pairs(monkeypatch, tmp_path):
