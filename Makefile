@@ -48,9 +48,12 @@ $(BIN)/.installed-$(INSTALL_ID): | $(BIN)/.pip
 
 # re-resolve pyproject.toml (dev extra included) into pylock.toml. Wheels from PyPI, torch the
 # CPU build from TORCH_SOURCE (a GPU box installs its own torch build on top: see README).
+# What the lock already pins stays pinned (a new dependency adds packages, it upgrades none);
+# `make lock UPGRADE=1` resolves everything anew.
+LOCK_PINS = $(if $(UPGRADE),,$(BIN)/python -c 'import tomllib; [print(p["name"] + "==" + p["version"]) for p in tomllib.load(open("pylock.toml", "rb"))["packages"]]' 2>/dev/null;)
 lock: | $(BIN)/.pip
 	$(BIN)/pip lock -q --isolated --index-url $(LOCK_INDEX) $(TORCH_SOURCE) \
-	  -c <(echo torch==$(TORCH_VERSION)) --only-deps '.[dev]' -o pylock.toml
+	  -c <(echo torch==$(TORCH_VERSION); $(LOCK_PINS)) --only-deps '.[dev]' -o pylock.toml
 	$(PYTHON) -m tasks.lockfile stamp pylock.toml
 
 venv: $(BIN)/.installed-$(INSTALL_ID)
