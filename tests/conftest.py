@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.ci_skips", "pytester"]
+pytest_plugins = ["tests.ci_skips", "tests.servers", "tests.s3", "pytester"]
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
