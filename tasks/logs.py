@@ -5,6 +5,9 @@ import logging
 import os
 
 _FORMAT = "%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"
+# their DEBUG records print each request's headers, an S3 access key id among them: a debug
+# log of ours never shows them
+QUIET_AT_DEBUG = ("botocore", "boto3", "s3transfer", "aiobotocore", "urllib3")
 
 
 def get_logger(name: str = "reprolab") -> logging.Logger | logging.LoggerAdapter:
@@ -22,4 +25,7 @@ def get_logger(name: str = "reprolab") -> logging.Logger | logging.LoggerAdapter
     logger = logging.getLogger(name)
     if not logging.getLogger().handlers and not logger.handlers:
         logging.basicConfig(level=os.environ.get("REPROLAB_LOG_LEVEL", "INFO"), format=_FORMAT)
+        for noisy in QUIET_AT_DEBUG:
+            logging.getLogger(noisy).setLevel(max(logging.INFO,
+                                                  logging.getLogger(noisy).getEffectiveLevel()))
     return logger

@@ -26,12 +26,15 @@ SUMMARY_TAG = "summary_sha256"  # the digest of the summary file a run wrote (se
 # server/js bundle: GENAI_DEVELOPMENT="genai_development", CUSTOM_MODEL_DEVELOPMENT=...).
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")  # what MLflow runs to load a model
-_SECRET = re.compile(r"(api_?key|secret|password|token|passphrase|private)", re.IGNORECASE)
+_SECRET = re.compile(r"(api_?key|access_?key|secret|password|token|passphrase|private|"
+                     r"credential)", re.IGNORECASE)
 
 
 def redact(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Drop anything that looks like a credential, whatever the caller passed."""
-    return {k: v for k, v in params.items() if not _SECRET.search(k)}
+    """Drop anything that looks like a credential, whatever the caller passed, at any depth
+    (a mapping value is redacted the same way: it is logged as its text)."""
+    return {k: redact(v) if isinstance(v, Mapping) else v for k, v in params.items()
+            if not _SECRET.search(str(k))}
 
 
 def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -270,6 +273,20 @@ def register_model(common: CommonSettings, run_id: str | None, registered_name: 
                              "(rerun the train stage: dvc repro -f -s <pipeline>_train)",
                              registered_name, artifact, run_id)
         return None
-    version = mlflow.register_model(found[0].model_uri, registered_name).version
+    version = mlflow.register_model(found[0].model_uri, registered_name,
+                                    tags=registration_tags(registered_name)).version
     get_logger().info("registered %s version %s", registered_name, version)
     return str(version)
+
+
+def registration_tags(registered_name: str) -> dict[str, str]:
+    """What a version records of the stage that registers it (evaluate), so it can be rebuilt
+    and checked byte for byte (`reprolab reproduce`): that stage's provenance (git, lock,
+    threads, versions, the DVC hashes of what it read: the trained artifacts, predictions
+    included) and the DVC hashes of the files it wrote: the pipeline's metrics and results."""
+    from tasks.pipeline import declarations
+
+    written = [path for spec in declarations() if spec.model_name == registered_name
+               for path in (spec.metrics_file, spec.results_file)]
+    return {**provenance.tags(_stage_inputs),
+            **provenance.input_tags(written, prefix=provenance.OUTPUT_TAG)}
