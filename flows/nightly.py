@@ -27,7 +27,7 @@ from prefect import flow, task
 from flows.common import StageFailed, checkout_lock, dvc_repro, parse_overrides, settings
 from flows.report import refresh_site
 from flows.stage_runs import child_runs, stages_markdown
-from tasks import champion, tracking
+from tasks import champion, objectstore, tracking, workspace
 from tasks.config import PIPELINE_NAMES, Params, save_overrides
 from tasks.errors import ReproLabError
 from tasks.logs import get_logger
@@ -273,7 +273,7 @@ def export_history(spec: Pipeline) -> dict[str, Any]:
 def push(remote: str | None) -> int:
     from dvc.repo import Repo
 
-    with Repo(".") as repo:
+    with objectstore.storage_credentials(), Repo(".") as repo:
         pushed = repo.push(remote=remote)
     get_logger().info("dvc push%s: %d files", f" -r {remote}" if remote else "", pushed)
     return pushed
@@ -368,6 +368,18 @@ def markdown_row(row: dict[str, Any]) -> str:
             f"| {'yes' if verdict['promoted'] else 'no'} | {verdict['reason']} |")
 
 
+def one_line(rows: list[dict[str, Any]]) -> str:
+    """The night in a line (the results commit's subject): each pipeline's outcome."""
+    def outcome(row: dict[str, Any]) -> str:
+        if "error" in row or "stopped" in row:
+            return "failed" if "error" in row else "stopped by its data checks"
+        verdict = row["verdict"]
+        return (f"v{verdict['challenger']} promoted" if verdict["promoted"]
+                else f"champion v{verdict['champion']} kept" if verdict.get("champion")
+                else "nothing promoted")
+    return "; ".join(f"{row['pipeline']} {outcome(row)}" for row in rows)
+
+
 def publish(rows: list[dict[str, Any]], pushed: int | None) -> str:
     """The night's summary (markdown + JSON, the latest), its record in the history
     (reports/nightly/nights/<UTC time>.json, which the report site lists) and the artifact."""
@@ -406,11 +418,15 @@ def nightly(pipelines: list[str] | None = None, overrides: dict[str, Any] | None
         if overrides:
             save_overrides(PARAMS_FILE, overrides)
         params = settings({"nightly.pipelines": pipelines} if pipelines else None)
+        targets = [declaration(name).last.name for name in params.nightly.pipelines]
+        started = workspace.start(targets)  # a team's clone: last published results, pulled
         rows = [night_of(declaration(name), params, accept_data)
                 for name in params.nightly.pipelines]
         # what did complete is pushed even on a night where a pipeline failed
-        pushed = push(params.nightly.remote) if params.nightly.push else None
-        publish(rows, pushed)
+        pushed = (push(params.nightly.remote)
+                  if params.nightly.push or started is not None else None)
+        text = publish(rows, pushed)
+        workspace.publish(f"nightly: {one_line(rows)}\n\n{text}", started)
         refresh_site()  # the results site shows tonight
     bad = [row.get("error") or row["stopped"] for row in rows
            if "error" in row or "stopped" in row]

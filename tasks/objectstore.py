@@ -9,11 +9,15 @@ process that talks to the bucket reads AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY 
 AWS_SESSION_TOKEN, if any) from its environment. A flow keeps them in a Prefect Secret block
 (JSON: {"aws_access_key_id": ..., "aws_secret_access_key": ...}) and exports them only for
 the DVC work it runs: `with aws_credentials(block): repo.push(...)` in process, or
-`subprocess.run([...dvc...], env={**os.environ, **credentials_env(block)})`.
+`subprocess.run([...dvc...], env={**os.environ, **credentials_env(block)})`. The project's own
+DVC transfers (the nightly's push, a team run's pull and push) take the block that
+REPROLAB_STORAGE_BLOCK names (a worker's environment or a deployment's job variables: a name,
+not a secret).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -97,6 +101,15 @@ def aws_credentials(block_name: str | None) -> Iterator[None]:
                 os.environ.pop(var, None)
             else:
                 os.environ[var] = old
+
+
+BLOCK_VAR = "REPROLAB_STORAGE_BLOCK"  # a Prefect Secret block's name: the storage's keys
+
+
+def storage_credentials() -> contextlib.AbstractContextManager[None]:
+    """The keys of the block REPROLAB_STORAGE_BLOCK names, for the DVC work inside the `with`
+    (the nightly's push, a team run's pull and push); without it, the environment's own."""
+    return aws_credentials(os.environ.get(BLOCK_VAR, "").strip() or None)
 
 
 def missing_credentials(env: Mapping[str, str]) -> list[str]:

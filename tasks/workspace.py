@@ -1,0 +1,233 @@
+"""A checkout of a worker's own: it starts from the results its team published, pulls from the
+DVC remote what it lacks, and publishes what it ran.
+
+A worker that shares nothing with the server but the servers and the remote runs each flow in
+a clone of the project's repository (Prefect's `git_clone` pull step, `prefect.team.yaml`).
+Two environment variables, set on those deployments, make a run behave as one of a team's:
+
+- REPROLAB_RESULTS_BRANCH (e.g. `nightly`): the git branch the team's results live on. Before
+  a pipeline run or a night, the clone takes the `dvc.lock` of that branch's tip (the last
+  results anyone published), so DVC reruns only what the code being run made stale. After it,
+  the outputs are pushed to the DVC remote and `dvc.lock` + `params.yaml` are committed on the
+  branch and pushed to the git remote (`REPROLAB_GIT_REMOTE`, default origin): the commit's
+  parents are the branch's previous tip and the code commit the run used (so
+  `git log --first-parent nightly` lists the runs), its message says what ran. Two workers publishing at once do not lose each other's results: the stages a run
+  changed are laid over the tip it finds when it publishes, and a push that lost the race is
+  made again on the new tip.
+- REPROLAB_DVC_PULL=1: the data a stage needs and does not find is pulled from the DVC remote
+  (the recorded outputs of the pipeline's stages, `dvc pull --with-deps`), so a fresh clone
+  downloads what its pipeline reads and nothing of the others.
+
+    git checkout nightly && dvc pull   # then a colleague has exactly what the site shows
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks import objectstore
+from tasks.errors import ReproLabError
+from tasks.logs import get_logger
+from tasks.storage import write_text
+
+BRANCH_VAR = "REPROLAB_RESULTS_BRANCH"
+REMOTE_VAR = "REPROLAB_GIT_REMOTE"
+PULL_VAR = "REPROLAB_DVC_PULL"
+PUBLISHED = ("dvc.lock", "params.yaml")
+PUSH_TRIES = 5
+IDENTITY = {"GIT_AUTHOR_NAME": "ReproLab", "GIT_AUTHOR_EMAIL": "reprolab@localhost",
+            "GIT_COMMITTER_NAME": "ReproLab", "GIT_COMMITTER_EMAIL": "reprolab@localhost"}
+
+
+class PublishError(ReproLabError):
+    """The results could not be published to the results branch."""
+
+
+def results_branch() -> str | None:
+    return os.environ.get(BRANCH_VAR, "").strip() or None
+
+
+def git_remote() -> str:
+    return os.environ.get(REMOTE_VAR, "").strip() or "origin"
+
+
+def pulls() -> bool:
+    return os.environ.get(PULL_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def git(root: Path, *args: str, env: dict[str, str] | None = None,
+        stdin: str | None = None) -> str:
+    done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                          input=stdin, env={**os.environ, **(env or {})}, timeout=300,
+                          check=False)
+    if done.returncode != 0:
+        raise PublishError(f"git {' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
+
+
+def _identity(root: Path) -> dict[str, str]:
+    """Who commits: git's configured user, else ReproLab."""
+    try:
+        git(root, "config", "user.email")
+        return {}
+    except PublishError:
+        return IDENTITY
+
+
+# ---------------------------------------------------------------- before a run
+def fetch_tip(root: Path, branch: str) -> str | None:
+    """The results branch's tip on the git remote (fetched), or None when it has none yet."""
+    remote = git_remote()
+    heads = git(root, "ls-remote", "--heads", remote, branch).split()
+    if not heads:
+        return None
+    git(root, "fetch", "--quiet", remote, f"+refs/heads/{branch}:refs/remotes/{remote}/{branch}")
+    return git(root, "rev-parse", f"refs/remotes/{remote}/{branch}").strip()
+
+
+def file_at(root: Path, commit: str, path: str) -> str | None:
+    try:
+        return git(root, "show", f"{commit}:{path}")
+    except PublishError:
+        return None
+
+
+def start_from_results(root: Path = Path(".")) -> str | None:
+    """With a results branch: this checkout's dvc.lock becomes the branch tip's (the code and
+    params stay this checkout's, so what they changed is stale); returns that lock's text
+    ("" when there is none). None without a results branch."""
+    branch = results_branch()
+    if branch is None:
+        return None
+    tip = fetch_tip(root, branch)
+    lock = None if tip is None else file_at(root, tip, "dvc.lock")
+    log = get_logger()
+    if lock is None:
+        log.info("results branch %s has no dvc.lock yet: starting from this checkout's", branch)
+        path = root / "dvc.lock"
+        return path.read_text() if path.exists() else ""
+    write_text(lock, root / "dvc.lock")
+    log.info("starting from the results published on %s (%s)", branch, tip[:12])
+    return lock
+
+
+def pull_inputs(targets: list[str], root: Path = Path(".")) -> int:
+    """With REPROLAB_DVC_PULL: the recorded outputs of the targets and the stages they need,
+    from the DVC remote, where this checkout lacks them (nothing that is not recorded)."""
+    if not pulls():
+        return 0
+    from dvc.repo import Repo
+
+    with objectstore.storage_credentials(), Repo(str(root)) as repo:
+        pulled = repo.pull(targets=targets, with_deps=True, allow_missing=True)
+    count = pulled.get("fetched", 0) if isinstance(pulled, dict) else pulled
+    get_logger().info("dvc pull %s (with deps): %s file(s) from the remote", " ".join(targets),
+                      count)
+    return count
+
+
+# ---------------------------------------------------------------- after it
+def stages_of(lock_text: str | None) -> dict[str, Any]:
+    data = yaml.safe_load(lock_text or "") or {}
+    return dict(data.get("stages") or {})
+
+
+def overlay(theirs: str | None, started: str | None, ours: str) -> str:
+    """The lock to publish: the tip's (`theirs`), with every stage this run changed (its entry
+    in `ours` differs from the one it `started` from) taken from `ours`."""
+    before, mine = stages_of(started), stages_of(ours)
+    stages = stages_of(theirs) or {}
+    for name, entry in mine.items():
+        if before.get(name) != entry:
+            stages[name] = entry
+    data = yaml.safe_load(ours) or {}
+    data["stages"] = dict(sorted(stages.items()))
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _tree_with(root: Path, files: dict[str, str]) -> str:
+    """A git tree: HEAD's, with `files` (path -> text) in it; the index and the working tree
+    are not touched."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        git(root, "read-tree", "HEAD", env=env)
+        for path, text in files.items():
+            blob = git(root, "hash-object", "-w", "--stdin", stdin=text).strip()
+            git(root, "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
+        return git(root, "write-tree", env=env).strip()
+
+
+def is_ancestor(root: Path, commit: str, of: str) -> bool:
+    done = subprocess.run(["git", "-C", str(root), "merge-base", "--is-ancestor", commit, of],
+                          capture_output=True, timeout=60, check=False)
+    return done.returncode == 0
+
+
+def push_outputs(targets: list[str], remote: str | None = None, root: Path = Path(".")) -> int:
+    """`dvc push` the outputs of the targets and the stages they need; returns the count."""
+    from dvc.repo import Repo
+
+    with objectstore.storage_credentials(), Repo(str(root)) as repo:
+        pushed = repo.push(targets=targets, with_deps=True, remote=remote)
+    get_logger().info("dvc push %s (with deps)%s: %d file(s)", " ".join(targets),
+                      f" -r {remote}" if remote else "", pushed)
+    return pushed
+
+
+def publish(message: str, started: str | None, root: Path = Path(".")) -> str | None:
+    """Commit this run's dvc.lock (over the tip's, see `overlay`) and params.yaml on the results
+    branch and push it; returns the commit, or None without a results branch or when the tip
+    already holds all of it. Call it once the outputs are in the DVC remote."""
+    branch = results_branch()
+    if branch is None:
+        return None
+    ours, params = (root / "dvc.lock").read_text(), (root / "params.yaml").read_text()
+    head = git(root, "rev-parse", "HEAD").strip()
+    for _ in range(PUSH_TRIES):
+        tip = fetch_tip(root, branch)
+        theirs = None if tip is None else file_at(root, tip, "dvc.lock")
+        lock = overlay(theirs, started, ours)
+        if tip is not None and is_ancestor(root, head, tip) and stages_of(lock) == \
+                stages_of(theirs) and params == file_at(root, tip, "params.yaml"):
+            get_logger().info("nothing new to publish on %s", branch)
+            return None
+        tree = _tree_with(root, {"dvc.lock": lock, "params.yaml": params})
+        # first the previous results (`git log --first-parent` lists the runs), then the code
+        # this run used, where the branch does not hold it yet
+        parents = [tip] if tip is not None else []
+        parents += [] if tip is not None and is_ancestor(root, head, tip) else [head]
+        parents = [arg for commit in parents for arg in ("-p", commit)]
+        commit = git(root, "commit-tree", tree, *parents, "-m", message,
+                     env=_identity(root)).strip()
+        with contextlib.suppress(PublishError):  # another worker published first: again
+            git(root, "push", "--quiet", git_remote(), f"{commit}:refs/heads/{branch}")
+            get_logger().info("published %s on %s (%s): %s", " and ".join(PUBLISHED), branch,
+                              commit[:12], message.splitlines()[0])
+            return commit
+    raise PublishError(f"could not push the results to branch {branch!r} of "
+                       f"{git_remote()!r} after {PUSH_TRIES} tries")
+
+
+def start(targets: list[str], root: Path = Path(".")) -> str | None:
+    """Before a run of `targets` in a team's clone: start from the published results and pull
+    what is missing (each only when set, see the module's doc). Returns the lock it started
+    from (for `publish`), None when there is no results branch."""
+    started = start_from_results(root)
+    pull_inputs(targets, root)
+    return started
+
+
+def finish(targets: list[str], message: str, started: str | None,
+           remote: str | None = None, root: Path = Path(".")) -> str | None:
+    """After a run started with `start`: with a results branch, the targets' outputs go to the
+    DVC remote and the lock is published (`publish`)."""
+    if started is None:
+        return None
+    push_outputs(targets, remote, root)
+    return publish(message, started, root)
