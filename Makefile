@@ -71,23 +71,26 @@ bench: venv
 	$(BIN)/python -m benchmarks.crypto_ingest
 
 # a Prefect server on 127.0.0.1 and a process worker, each in its own session (PID files,
-# logs in .prefect/run); `make stop` ends both, the worker first. The port is given as
-# settings, not `--port`: the UI finds its API through PREFECT_UI_API_URL, which otherwise
-# defaults to PREFECT_API_URL or PREFECT_SERVER_API_PORT (4200), whatever `--port` says.
-# The server's URL goes into the project's Prefect profile (.prefect/profiles.toml), so the
-# CLI and every flow run of this checkout use it from any shell; `make stop` takes it out again.
+# logs in .prefect/run); `make stop` ends them, the worker first. The servers are
+# tasks/services.py's (`python -m tasks.services --help`): DB=sqlite (the default) the Prefect
+# server alone on its SQLite database in PREFECT_HOME (MLFLOW=1 adds an MLflow server on
+# mlflow.db); DB=postgres the Prefect server and an MLflow tracking server (MLFLOW_PORT) on
+# PostgreSQL: the project's own cluster in .prefect/run/postgres (on PG_PORT, else a free port),
+# or DATABASE_URL's server, which reaches tasks/services.py through its environment, never a
+# command line that `ps` shows. MLflow keeps artifacts in MLFLOW_ARTIFACTS (a folder or
+# s3://bucket/prefix; default .prefect/run/mlflow-artifacts, credentials from the environment).
+# The port is given as settings, not `--port`: the UI finds its API through PREFECT_UI_API_URL,
+# which otherwise defaults to PREFECT_API_URL or PREFECT_SERVER_API_PORT (4200), whatever
+# `--port` says. The server's URL goes into the project's Prefect profile
+# (.prefect/profiles.toml), so the CLI and every flow run of this checkout use it from any
+# shell; `make stop` takes it out again.
+DB ?= sqlite
+MLFLOW_PORT ?= 5000
 server: venv
-	@mkdir -p $(RUN_DIR)
-	@if [ -f $(RUN_DIR)/server.pid ] && kill -0 $$(cat $(RUN_DIR)/server.pid) 2>/dev/null; then \
-	  echo "server already running (PID $$(cat $(RUN_DIR)/server.pid))"; else \
-	  PREFECT_API_URL= PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT=$(PREFECT_PORT) \
-	  PREFECT_UI_API_URL=$(SERVER_URL) setsid $(BIN)/prefect server start \
-	    >$(RUN_DIR)/server.log 2>&1 & echo $$! >$(RUN_DIR)/server.pid; fi
-	@for i in $$(seq 60); do curl -sf $(SERVER_URL)/health >/dev/null && break; sleep 1; done; \
-	  curl -sf $(SERVER_URL)/health >/dev/null || { echo "server did not start: see $(RUN_DIR)/server.log"; exit 1; }
-	@$(BIN)/prefect config set PREFECT_API_URL=$(SERVER_URL) >/dev/null && echo $(SERVER_URL) >$(RUN_DIR)/server.url
-	@echo "Prefect server: $(SERVER_URL:/api=) (UI), log $(RUN_DIR)/server.log; this checkout's" \
-	  "Prefect CLI and flow runs now use it (PREFECT_API_URL in $(PREFECT_HOME)/profiles.toml)"
+	@$(if $(filter postgres,$(DB)),REPROLAB_DATABASE_URL="$$DATABASE_URL") \
+	  $(BIN)/python -m tasks.services start --db $(DB) --prefect-port $(PREFECT_PORT) \
+	  --mlflow-port $(MLFLOW_PORT) $(if $(MLFLOW),--mlflow) \
+	  $(if $(MLFLOW_ARTIFACTS),--artifacts-destination '$(MLFLOW_ARTIFACTS)')
 	@$(MAKE) --no-print-directory worker PREFECT_API_URL=$(SERVER_URL)
 
 # the API this checkout's Prefect uses: PREFECT_API_URL, else the one in its profile
@@ -110,21 +113,27 @@ worker: venv
 	  echo $$! >$$f; echo "$$wanted" >$(RUN_DIR)/worker.settings; \
 	  echo "started worker (PID $$(cat $$f)): $$wanted; log $(RUN_DIR)/worker.log"
 
+# prefect.yaml: flow runs in this checkout; prefect.team.yaml: in a clone of REPROLAB_GIT_URL at
+# REPROLAB_GIT_REF on any worker, results published on REPROLAB_RESULTS_BRANCH (README, Running
+# it for a team)
+PREFECT_FILE ?= prefect.yaml
+export REPROLAB_GIT_REF ?= main
+export REPROLAB_RESULTS_BRANCH ?= nightly
+export REPROLAB_GPU_POOL ?= gpu
 deploy: venv
 	@$(API_URL_SH); [ -n "$$url" ] || { echo "no Prefect server to deploy to: make server first," \
 	  "or export PREFECT_API_URL"; exit 1; }; export PREFECT_API_URL=$$url; \
-	  $(BIN)/prefect work-pool inspect $(REPROLAB_POOL) >/dev/null 2>&1 || \
-	    $(BIN)/prefect work-pool create $(REPROLAB_POOL) --type process; \
-	  $(BIN)/prefect --no-prompt deploy --all
+	  if grep -q git_clone $(PREFECT_FILE) && [ -z "$$REPROLAB_GIT_URL" ]; then \
+	    echo "$(PREFECT_FILE) clones the project: give its repository, REPROLAB_GIT_URL=..."; exit 1; fi; \
+	  for pool in $(REPROLAB_POOL) $$(grep -q REPROLAB_GPU_POOL $(PREFECT_FILE) && echo $(REPROLAB_GPU_POOL)); do \
+	    $(BIN)/prefect work-pool inspect $$pool >/dev/null 2>&1 || \
+	      $(BIN)/prefect work-pool create $$pool --type process; done; \
+	  $(BIN)/prefect --no-prompt deploy --all --prefect-file $(PREFECT_FILE)
 
+# the worker, the Prefect and MLflow servers, then the project's PostgreSQL (pg_ctl stop -m fast);
+# the profile goes back to an ephemeral server. Stopping what is not running is no error.
 stop:
-	@for name in worker server; do f=$(RUN_DIR)/$$name.pid; \
-	  if [ -f $$f ]; then kill -TERM -- -$$(cat $$f) 2>/dev/null; sleep 2; \
-	    kill -KILL -- -$$(cat $$f) 2>/dev/null; rm -f $$f; echo "stopped $$name"; fi; done
-	@rm -f $(RUN_DIR)/worker.settings
-	@if [ -f $(RUN_DIR)/server.url ]; then \
-	  $(BIN)/prefect config unset PREFECT_API_URL >/dev/null; rm -f $(RUN_DIR)/server.url; \
-	  echo "this checkout's Prefect CLI and flow runs are back on an ephemeral server"; fi
+	@$(BIN)/python -m tasks.services stop
 
 clean:
 	rm -rf data artifacts metrics plots reports mlflow.db mlartifacts mlruns .prefect

@@ -14,7 +14,6 @@ import yaml
 
 from flows.outputs import fail_as_stage, put_back, take_failure
 from flows.stage_runs import parent_of_stages, publish_stages, run_stage_flow
-from tasks import workspace
 from tasks.config import Params, load_params, save_overrides
 from tasks.errors import ReproLabError
 from tasks.logs import get_logger
@@ -204,18 +203,6 @@ def stage_flows(pipeline: Pipeline) -> dict[str, Any]:
     return {stage.step: make(stage) for stage in pipeline.stages}
 
 
-def team_repro(pipeline: Pipeline) -> list[str]:
-    """`dvc repro` of the pipeline; in a team's clone (tasks/workspace.py) from the results its
-    team published, with what it lacks pulled, and its own results pushed and published."""
-    target = [pipeline.last.name]
-    with checkout_lock(f"{pipeline.name} pipeline"):
-        started = workspace.start(target)
-        ran = dvc_repro(target)
-        workspace.finish(target, f"{pipeline.name} pipeline: "
-                                 f"{', '.join(ran) or 'nothing to reproduce'}", started)
-    return ran
-
-
 def pipeline_flow(pipeline: Pipeline, flows: dict[str, Any]) -> Any:
     """The whole pipeline as one flow. In a DVC repo DVC decides what is stale, and overrides
     run as a DVC experiment; elsewhere every stage runs here as a subflow. Either way the stage
@@ -231,6 +218,8 @@ def pipeline_flow(pipeline: Pipeline, flows: dict[str, Any]) -> Any:
         elif overrides:
             result = {"experiment": dvc_exp_run(overrides, [pipeline.last.name])}
         else:
+            from flows.pools import team_repro  # stages on their pools in a team's clone
+
             result = {"stages_run": team_repro(pipeline)}
         # an experiment's stages are known by their runs, linked under this one
         publish_stages(pipeline, result.get("stages_run", []))

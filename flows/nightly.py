@@ -25,6 +25,7 @@ import yaml
 from prefect import flow, task
 
 from flows.common import StageFailed, checkout_lock, dvc_repro, parse_overrides, settings
+from flows.pools import repro_pipeline
 from flows.report import refresh_site
 from flows.stage_runs import child_runs, stages_markdown
 from tasks import champion, objectstore, tracking, workspace
@@ -83,8 +84,10 @@ def refresh(spec: Pipeline) -> dict[str, Any]:
 
 
 @task(name="dvc-repro")
-def reproduce(spec: Pipeline) -> list[str]:
-    return repro([spec.last.name], spec.name)
+def reproduce(spec: Pipeline, run: workspace.TeamRun | None = None) -> list[str]:
+    """The pipeline's stale stages; in a team's clone, each on its declared pool."""
+    return repro_pipeline(spec, run, f"nightly {spec.name}",
+                          repro=lambda targets: repro(targets, spec.name))
 
 
 # ---------------------------------------------------------------- data checks
@@ -279,7 +282,8 @@ def push(remote: str | None) -> int:
     return pushed
 
 
-def night_of(spec: Pipeline, params: Params, accept_data: bool = False) -> dict[str, Any]:
+def night_of(spec: Pipeline, params: Params, accept_data: bool = False,
+             run: workspace.TeamRun | None = None) -> dict[str, Any]:
     """One pipeline's night; a failure is recorded, not raised, so the others still run. New
     data that fails its checks stops the night before any training, unless a person who
     looked at it accepts it (`accept_data`: the checks are recorded, the rows trained on)."""
@@ -293,7 +297,7 @@ def night_of(spec: Pipeline, params: Params, accept_data: bool = False) -> dict[
                               f"is kept to look at): " + "; ".join(row["checks"]["reasons"]))
             get_logger().error("%s", row["stopped"])
             return row
-        row["stages_run"] = reproduce(spec)
+        row["stages_run"] = reproduce(spec, run)
         row["verdict"] = judge(spec, params)
     except ReproLabError as exc:
         row["error"] = str(exc)
@@ -419,14 +423,14 @@ def nightly(pipelines: list[str] | None = None, overrides: dict[str, Any] | None
             save_overrides(PARAMS_FILE, overrides)
         params = settings({"nightly.pipelines": pipelines} if pipelines else None)
         targets = [declaration(name).last.name for name in params.nightly.pipelines]
-        started = workspace.start(targets)  # a team's clone: last published results, pulled
-        rows = [night_of(declaration(name), params, accept_data)
+        team = workspace.start(targets)  # a team's clone: the last published results, pulled
+        rows = [night_of(declaration(name), params, accept_data, team)
                 for name in params.nightly.pipelines]
         # what did complete is pushed even on a night where a pipeline failed
-        pushed = (push(params.nightly.remote)
-                  if params.nightly.push or started is not None else None)
+        pushed = push(params.nightly.remote) if params.nightly.push or team else None
         text = publish(rows, pushed)
-        workspace.publish(f"nightly: {one_line(rows)}\n\n{text}", started)
+        if team is not None:
+            team.publish(f"nightly: {one_line(rows)}\n\n{text}")
         refresh_site()  # the results site shows tonight
     bad = [row.get("error") or row["stopped"] for row in rows
            if "error" in row or "stopped" in row]

@@ -69,6 +69,7 @@ class Stage:
     curves: tuple[Curve, ...] = ()      # data plots (CSV) with their dvc.yaml plot definition
     cli: str = ""                       # a stage of no pipeline: `python -m <cli>` runs it
     code_files: tuple[str, ...] = ()    # code it runs by path, not by import (deps like modules)
+    pool: str | None = None             # in a team's clone, runs on this work pool (flows/pools.py)
 
     @property
     def step(self) -> str:

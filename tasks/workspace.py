@@ -26,6 +26,7 @@ import contextlib
 import os
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -214,20 +215,33 @@ def publish(message: str, started: str | None, root: Path = Path(".")) -> str | 
                        f"{git_remote()!r} after {PUSH_TRIES} tries")
 
 
-def start(targets: list[str], root: Path = Path(".")) -> str | None:
+@dataclass
+class TeamRun:
+    """A run in a team's clone (a results branch is set): `started` is the lock it last took
+    from the branch, what `publish` lays its changes over."""
+
+    targets: list[str]
+    started: str
+    root: Path = Path(".")
+
+    def finish(self, message: str, remote: str | None = None) -> str | None:
+        """The targets' outputs to the DVC remote, then the lock published."""
+        push_outputs(self.targets, remote, self.root)
+        return self.publish(message)
+
+    def publish(self, message: str) -> str | None:
+        return publish(message, self.started, self.root)
+
+    def restart(self) -> None:
+        """Take the branch's results again (another worker published since) and pull them."""
+        self.started = start_from_results(self.root) or ""
+        pull_inputs(self.targets, self.root)
+
+
+def start(targets: list[str], root: Path = Path(".")) -> TeamRun | None:
     """Before a run of `targets` in a team's clone: start from the published results and pull
-    what is missing (each only when set, see the module's doc). Returns the lock it started
-    from (for `publish`), None when there is no results branch."""
+    what is missing (each only when set, see the module's doc). None without a results
+    branch: the run is not published."""
     started = start_from_results(root)
     pull_inputs(targets, root)
-    return started
-
-
-def finish(targets: list[str], message: str, started: str | None,
-           remote: str | None = None, root: Path = Path(".")) -> str | None:
-    """After a run started with `start`: with a results branch, the targets' outputs go to the
-    DVC remote and the lock is published (`publish`)."""
-    if started is None:
-        return None
-    push_outputs(targets, remote, root)
-    return publish(message, started, root)
+    return None if started is None else TeamRun(list(targets), started, root)

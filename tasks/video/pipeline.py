@@ -3,6 +3,7 @@ from tasks.pipeline import LOSSES, MODEL_LOADER, Curve, Out, Pipeline, Reference
 from tasks.video.paths import KineticsPaths
 
 P = KineticsPaths()
+GPU = "gpu"  # in a team's clone the training stages run on the `gpu` work pool (flows/pools.py)
 NOTE = "research note: Kinetics-400 val (400 classes), ResNet-50 from ImageNet"
 DATA = (str(P.split), str(P.manifest), str(P.frames))
 # what clips look like to a model (the split's train_dev_fraction is kinetics_split's alone)
@@ -68,14 +69,14 @@ PIPELINE = Pipeline(
               deps=(*DATA, str(P.clips)),  # the served model reads clips: one is its example
               outs=(str(P.artifacts / "besnet"), str(P.artifacts / "besnet_fixed"),
                     Out(str(P.checkpoints("kinetics_train")), persist=True, cache=False)),
-              input_params=("kinetics.model.pretrained",)),
+              input_params=("kinetics.model.pretrained",), pool=GPU),
         Stage("kinetics_baseline", "tasks.video.training:baseline_stage",
               "the per-frame 2D ResNet features + pooling + MLP baseline",
               params=(*MODEL_PARAMS, "kinetics.baseline"),
               deps=DATA,
               outs=(str(P.artifacts / "baseline"),
                     Out(str(P.checkpoints("kinetics_baseline")), persist=True, cache=False)),
-              input_params=("kinetics.baseline.pretrained",)),
+              input_params=("kinetics.baseline.pretrained",), pool=GPU),
         Stage("kinetics_evaluate", "tasks.video.report:evaluate_stage",
               "Top-1/Top-5 with intervals over test views, the dilation ablation, error "
               "analysis; registers BesNet",

@@ -99,7 +99,7 @@ def test_no_results_branch_means_nothing_is_read_or_published(team, monkeypatch)
     assert workspace.start_from_results(worker) is None
     (worker / "dvc.lock").write_text(lock(crypto_train="1"))
     assert workspace.publish("x", None, worker) is None
-    assert workspace.finish(["crypto_evaluate"], "x", None, root=worker) is None
+    assert workspace.start(["crypto_evaluate"], worker) is None
     assert git(team.origin, "branch", "--list", BRANCH) == ""
 
 

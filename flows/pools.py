@@ -1,0 +1,107 @@
+"""Stages on the work pool their declaration names: Kinetics training on a `gpu` pool while the
+rest of the pipeline runs on `cpu`.
+
+A stage declared with `pool="gpu"` (tasks/pipeline.py, `Stage.pool`) runs, in a team's clone
+(a results branch is set: tasks/workspace.py), as a flow run of the deployment
+`run-stages/<pool>` (prefect.team.yaml puts it on REPROLAB_GPU_POOL). The hand-off goes
+through what the team shares anyway: the run publishes what it has done so far (outputs to the
+DVC remote, dvc.lock on the results branch), starts the pool's flow run and waits for it; that
+run, in a clone of its own on a machine of that pool, starts from those results, pulls what
+the stages need, runs them, pushes and publishes; then this run takes the results again and
+goes on. Outside a team's clone (one checkout: `make demo`, `reprolab run`, the single-user
+deployments) every stage runs where the pipeline runs.
+
+    prefect deployment run 'run-stages/gpu' --param targets='["kinetics_train"]'
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from prefect import flow
+
+from flows.common import StageFailed, checkout_lock, dvc_repro
+from tasks import workspace
+from tasks.logs import get_logger
+from tasks.pipeline import Pipeline
+from tasks.workspace import TeamRun
+
+DEPLOYMENT = "run-stages/{pool}"
+
+
+def pool_groups(pipeline: Pipeline) -> list[tuple[str | None, list[str]]]:
+    """The pipeline's stages in order, in runs of one pool (None: where the pipeline runs)."""
+    groups: list[tuple[str | None, list[str]]] = []
+    for stage in pipeline.stages:
+        if groups and groups[-1][0] == stage.pool:
+            groups[-1][1].append(stage.name)
+        else:
+            groups.append((stage.pool, [stage.name]))
+    return groups
+
+
+def changed_stages(before: str, after: str) -> list[str]:
+    old, new = workspace.stages_of(before), workspace.stages_of(after)
+    return [name for name, entry in new.items() if old.get(name) != entry]
+
+
+def on_pool(pool: str, targets: list[str], run: TeamRun, what: str) -> list[str]:
+    """Publish what this run did so far, run `targets` on `pool` (a flow run of
+    run-stages/<pool>, waited for), take its results; returns the stages it ran."""
+    from prefect.deployments import run_deployment
+
+    run.finish(f"{what}: before {', '.join(targets)} on pool {pool}")
+    before = run.started
+    get_logger().info("%s: %s on work pool %s (deployment %s)", what, ", ".join(targets), pool,
+                      DEPLOYMENT.format(pool=pool))
+    flow_run = run_deployment(DEPLOYMENT.format(pool=pool), parameters={"targets": targets},
+                              timeout=None)
+    if not flow_run.state.is_completed():
+        raise StageFailed(f"{', '.join(targets)} on work pool {pool} ended "
+                          f"{flow_run.state.type.value}: {flow_run.state.message or ''} "
+                          f"(flow run {flow_run.name})")
+    run.restart()
+    return changed_stages(before, run.started)
+
+
+def repro_pipeline(pipeline: Pipeline, run: TeamRun | None, what: str,
+                   repro: Any = dvc_repro) -> list[str]:
+    """`dvc repro` of the pipeline (through `repro`); in a team's clone, the stages whose
+    declaration names a pool run there (`on_pool`). Returns the stages that ran."""
+    groups = pool_groups(pipeline)
+    if run is None or all(pool is None for pool, _ in groups):
+        return repro([pipeline.last.name])
+    ran: list[str] = []
+    for pool, names in groups:
+        ran += repro(names) if pool is None else on_pool(pool, names, run, what)
+    return ran
+
+
+def team_repro(pipeline: Pipeline) -> list[str]:
+    """The pipeline's `dvc repro`; in a team's clone from the results its team published, with
+    what it lacks pulled, stages on their pools, its own results pushed and published."""
+    target = [pipeline.last.name]
+    what = f"{pipeline.name} pipeline"
+    with checkout_lock(what):
+        run = workspace.start(target)
+        ran = repro_pipeline(pipeline, run, what)
+        if run is not None:
+            run.finish(f"{what}: {', '.join(ran) or 'nothing to reproduce'}")
+    return ran
+
+
+@flow(name="run-stages")
+def run_stages(targets: list[str]) -> dict[str, Any]:
+    """Stages handed to this work pool by a pipeline or a night (`on_pool`): in this worker's
+    clone, from the published results, `dvc repro` of the targets, pushed and published."""
+    what = f"{', '.join(targets)} on this pool"
+    with checkout_lock(what):
+        run = workspace.start(targets)
+        ran = dvc_repro(targets)
+        if run is not None:
+            run.finish(f"{what}: {', '.join(ran) or 'nothing to reproduce'}")
+    return {"stages_run": ran}
+
+
+if __name__ == "__main__":
+    run_stages(sys.argv[1:])
