@@ -4,9 +4,12 @@
     reprolab status
     reprolab demo
     reprolab report [...]
+    reprolab champion|promote|rollback <pipeline> ...
+    reprolab reproduce models:/<name>/<version>|models:/<name>@<alias> [--keep]
 
 `run` is `python -m flows.<pipeline> <stage>|pipeline` (flows.common.main; without a stage, the
-whole pipeline); `demo` is `python -m flows.demo`; `report` is `flows.report.main`. The help
+whole pipeline); `demo` is `python -m flows.demo`; `report` is `flows.report.main`; `reproduce` is
+`flows.reproduce.main`. The help
 reads the pipeline declarations only: Prefect, DVC and MLflow are imported when a command runs.
 """
 from __future__ import annotations
@@ -30,6 +33,9 @@ COMMANDS = {
     "promote": "give a model version the champion alias by hand (recorded like a night's "
                "verdict, with your reason)",
     "rollback": "give the champion alias back to the version that held it before",
+    "reproduce": "rebuild a registered model from its recorded commit, lock and data in a "
+                 "temporary worktree; say whether its metrics and predictions are "
+                 "byte-identical (exit 0), or how far they are (1)",
 }
 
 
@@ -62,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("demo", "report"):  # their own --help answers, from their module
         sub.add_parser(name, help=COMMANDS[name], add_help=False)
     champion_commands(sub)
+    again = sub.add_parser("reproduce", help=COMMANDS["reproduce"],
+                           description=COMMANDS["reproduce"],
+                           usage="reprolab reproduce <model_uri> [--keep]")
+    again.add_argument("model_uri", help="models:/<name>/<version> or models:/<name>@<alias>, "
+                                         "e.g. models:/crypto-next-move@champion")
+    again.add_argument("--keep", action="store_true",
+                       help="keep the worktree (its data, outputs, dvc.lock, MLflow store)")
     return top
 
 
@@ -95,6 +108,13 @@ def champion_command(args: argparse.Namespace) -> int:
     print(f"{verdict.model}: champion v{verdict.champion or '-'} -> v{verdict.challenger} "
           f"({verdict.reason})")
     return 0
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    from flows.reproduce import main  # imported only when asked for
+
+    return main([args.model_uri, *(["--keep"] if args.keep else [])],
+                prog="reprolab reproduce")
 
 
 def run(pipeline: str, argv: list[str]) -> int:
@@ -141,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command in ("champion", "promote", "rollback"):
         return champion_command(args)
+    if args.command == "reproduce":
+        return reproduce(args)
     return status()
 
 

@@ -51,7 +51,7 @@ def on_pool(pool: str, targets: list[str], run: TeamRun, what: str) -> list[str]
     from prefect.deployments import run_deployment
 
     run.finish(f"{what}: before {', '.join(targets)} on pool {pool}")
-    before = run.started
+    before = (run.root / "dvc.lock").read_text()  # what the pool's run starts from
     get_logger().info("%s: %s on work pool %s (deployment %s)", what, ", ".join(targets), pool,
                       DEPLOYMENT.format(pool=pool))
     flow_run = run_deployment(DEPLOYMENT.format(pool=pool), parameters={"targets": targets},

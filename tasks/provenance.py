@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import subprocess
 from collections.abc import Iterable
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 KEY_PACKAGES = ("torch", "prefect", "mlflow", "dvc", "numpy", "pandas")
 UNKNOWN = "unknown"
+INPUT_TAG, OUTPUT_TAG = "reprolab.input.", "reprolab.output."  # + path: its DVC hash
 _TAG_UNSAFE = re.compile(r"[^\w./ -]")
 
 
@@ -117,17 +119,27 @@ def tag_key(prefix: str, name: str) -> str:
     return f"{prefix}{_TAG_UNSAFE.sub('_', name)}"[:250]
 
 
-def input_tags(paths: Iterable[str]) -> dict[str, str]:
-    """reprolab.input.<path> = DVC's hash of each stage input ("unknown" when it fails)."""
+def input_tags(paths: Iterable[str], prefix: str = INPUT_TAG) -> dict[str, str]:
+    """<prefix><path> = DVC's hash of each path (a stage's inputs by default; "unknown" when
+    it fails)."""
     tags = {}
     for path in paths:
         try:
             value = dvc_hash(path)
         except Exception as exc:  # provenance must never stop a run
-            log.warning("could not hash stage input %s: %s", path, exc)
+            log.warning("could not hash %s: %s", path, exc)
             value = UNKNOWN
-        tags[tag_key("reprolab.input.", path)] = value
+        tags[tag_key(prefix, path)] = value
     return tags
+
+
+def thread_tags() -> dict[str, str]:
+    """The thread count the process was given (OMP_NUM_THREADS, which REPROLAB_THREADS sets;
+    "auto" when none) and the cores it may run on: results are bit-identical only at the same
+    count (README, Determinism)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"reprolab.threads": os.environ.get("OMP_NUM_THREADS", "").strip() or "auto",
+            "reprolab.cores": str(cores or UNKNOWN)}
 
 
 def tags(inputs: Iterable[str] = (), root: Path | None = None) -> dict[str, str]:
@@ -137,6 +149,7 @@ def tags(inputs: Iterable[str] = (), root: Path | None = None) -> dict[str, str]
         "reprolab.git_commit": git_commit(root),
         "reprolab.git_dirty": git_dirty(root),
         "reprolab.lock_sha256": file_sha256(root / "pylock.toml"),
+        **thread_tags(),
     }
     out.update({f"reprolab.version.{k}": v for k, v in package_versions().items()})
     out.update(input_tags(inputs))
