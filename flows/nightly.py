@@ -430,7 +430,7 @@ def nightly(pipelines: list[str] | None = None, overrides: dict[str, Any] | None
         pushed = push(params.nightly.remote) if params.nightly.push or team else None
         text = publish(rows, pushed)
         if team is not None:
-            team.publish(f"nightly: {one_line(rows)}\n\n{text}")
+            team.publish(f"nightly: {one_line(rows)}\n\n{text}", always=True)
         refresh_site()  # the results site shows tonight
     bad = [row.get("error") or row["stopped"] for row in rows
            if "error" in row or "stopped" in row]

@@ -73,8 +73,22 @@ def repro_pipeline(pipeline: Pipeline, run: TeamRun | None, what: str,
         return repro([pipeline.last.name])
     ran: list[str] = []
     for pool, names in groups:
-        ran += repro(names) if pool is None else on_pool(pool, names, run, what)
+        if pool is None:
+            ran += repro(names)
+        elif stale(names):
+            ran += on_pool(pool, names, run, what)
+        else:
+            get_logger().info("%s: %s up to date, not sent to pool %s", what, ", ".join(names),
+                              pool)
     return ran
+
+
+def stale(targets: list[str]) -> bool:
+    """Whether `dvc repro` of the targets would run anything (their stages or those before)."""
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        return bool(repo.status(targets=targets, with_deps=True))
 
 
 def team_repro(pipeline: Pipeline) -> list[str]:

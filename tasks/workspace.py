@@ -181,10 +181,12 @@ def push_outputs(targets: list[str], remote: str | None = None, root: Path = Pat
     return pushed
 
 
-def publish(message: str, started: str | None, root: Path = Path(".")) -> str | None:
+def publish(message: str, started: str | None, root: Path = Path("."),
+            always: bool = False) -> str | None:
     """Commit this run's dvc.lock (over the tip's, see `overlay`) and params.yaml on the results
     branch and push it; returns the commit, or None without a results branch or when the tip
-    already holds all of it. Call it once the outputs are in the DVC remote."""
+    already holds all of it (unless `always`: a night is recorded even when it changed
+    nothing). Call it once the outputs are in the DVC remote."""
     branch = results_branch()
     if branch is None:
         return None
@@ -194,8 +196,10 @@ def publish(message: str, started: str | None, root: Path = Path(".")) -> str | 
         tip = fetch_tip(root, branch)
         theirs = None if tip is None else file_at(root, tip, "dvc.lock")
         lock = overlay(theirs, started, ours)
-        if tip is not None and is_ancestor(root, head, tip) and stages_of(lock) == \
-                stages_of(theirs) and params == file_at(root, tip, "params.yaml"):
+        same = (tip is not None and is_ancestor(root, head, tip)
+                and stages_of(lock) == stages_of(theirs)
+                and params == file_at(root, tip, "params.yaml"))
+        if same and not always:
             get_logger().info("nothing new to publish on %s", branch)
             return None
         tree = _tree_with(root, {"dvc.lock": lock, "params.yaml": params})
@@ -229,8 +233,8 @@ class TeamRun:
         push_outputs(self.targets, remote, self.root)
         return self.publish(message)
 
-    def publish(self, message: str) -> str | None:
-        return publish(message, self.started, self.root)
+    def publish(self, message: str, always: bool = False) -> str | None:
+        return publish(message, self.started, self.root, always)
 
     def restart(self) -> None:
         """Take the branch's results again (another worker published since) and pull them."""
