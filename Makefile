@@ -79,6 +79,7 @@ bench: venv
 # or DATABASE_URL's server, which reaches tasks/services.py through its environment, never a
 # command line that `ps` shows. MLflow keeps artifacts in MLFLOW_ARTIFACTS (a folder or
 # s3://bucket/prefix; default .prefect/run/mlflow-artifacts, credentials from the environment).
+# HOST=0.0.0.0 lets a team's other machines reach the two servers (default 127.0.0.1).
 # The port is given as settings, not `--port`: the UI finds its API through PREFECT_UI_API_URL,
 # which otherwise defaults to PREFECT_API_URL or PREFECT_SERVER_API_PORT (4200), whatever
 # `--port` says. The server's URL goes into the project's Prefect profile
@@ -89,7 +90,7 @@ MLFLOW_PORT ?= 5000
 server: venv
 	@$(if $(filter postgres,$(DB)),REPROLAB_DATABASE_URL="$$DATABASE_URL") \
 	  $(BIN)/python -m tasks.services start --db $(DB) --prefect-port $(PREFECT_PORT) \
-	  --mlflow-port $(MLFLOW_PORT) $(if $(MLFLOW),--mlflow) \
+	  --mlflow-port $(MLFLOW_PORT) $(if $(MLFLOW),--mlflow) $(if $(HOST),--host $(HOST)) \
 	  $(if $(MLFLOW_ARTIFACTS),--artifacts-destination '$(MLFLOW_ARTIFACTS)')
 	@$(MAKE) --no-print-directory worker PREFECT_API_URL=$(SERVER_URL)
 

@@ -7,7 +7,7 @@
     python -m tasks.services status    # what runs, where, on which database
 
 `make server [DB=postgres] [DATABASE_URL=...] [MLFLOW_PORT=...]` and `make stop` call these.
-Everything listens on 127.0.0.1 and runs in its own session, with a PID file and a log in the
+Everything listens on 127.0.0.1 (the Prefect and MLflow servers on --host when given) and runs in its own session, with a PID file and a log in the
 run folder, $PREFECT_HOME/run (PREFECT_HOME is <checkout>/.prefect unless set, as the Makefile
 exports it):
 - `--db sqlite` (the default): a Prefect server on its SQLite database in PREFECT_HOME, as
@@ -73,6 +73,9 @@ SERVICES = (("worker", "worker", "worker", 2), ("server", "Prefect server", "ser
 class ServiceError(ReproLabError):
     """A server did not start or stop; names its log or folder."""
 
+
+LOOPBACK = "127.0.0.1"
+ANY_HOST = ("0.0.0.0", "::", "")
 
 def checkout() -> Path:
     return Path(project_root() or os.getcwd())
@@ -178,11 +181,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def port_free(port: int) -> bool:
+def advertised(host: str) -> str:
+    """The name others reach a server by that listens on `host` (all interfaces: this
+    machine's name)."""
+    return socket.getfqdn() if host in ANY_HOST else host
+
+
+def port_free(port: int, host: str = LOOPBACK) -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind(("" if host in ANY_HOST else host, port))
         except OSError:
             return False
         return True
@@ -356,12 +365,12 @@ def own_cluster(run: Path, port: int | None) -> str:
 
 # -- Prefect and MLflow ------------------------------------------------------------------------
 
-def prefect_env(port: int, database_url: str | None) -> dict[str, str]:
+def prefect_env(port: int, database_url: str | None, host: str = LOOPBACK) -> dict[str, str]:
     """`prefect server start`'s environment (as `make server` always set it: the UI finds its API
     through PREFECT_UI_API_URL, not --port), on database_url when given, else SQLite."""
-    env = {**os.environ, "PREFECT_API_URL": "", "PREFECT_SERVER_API_HOST": "127.0.0.1",
+    env = {**os.environ, "PREFECT_API_URL": "", "PREFECT_SERVER_API_HOST": host,
            "PREFECT_SERVER_API_PORT": str(port),
-           "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
+           "PREFECT_UI_API_URL": f"http://{advertised(host)}:{port}/api"}
     if database_url:  # (Prefect reads both names: one left from the shell would win)
         for name in ("PREFECT_API_DATABASE_CONNECTION_URL",
                      "PREFECT_SERVER_DATABASE_CONNECTION_URL"):
@@ -369,22 +378,23 @@ def prefect_env(port: int, database_url: str | None) -> dict[str, str]:
     return env
 
 
-def start_prefect(run: Path, port: int, database_url: str | None) -> int:
+def start_prefect(run: Path, port: int, database_url: str | None, host: str = LOOPBACK) -> int:
     return spawn(run, "server", [program("prefect"), "server", "start"],
-                 prefect_env(port, database_url))
+                 prefect_env(port, database_url, host))
 
 
-def start_mlflow(run: Path, port: int, store_uri: str, destination: str) -> int:
+def start_mlflow(run: Path, port: int, store_uri: str, destination: str,
+                 host: str = LOOPBACK) -> int:
     """An MLflow tracking server whose artifacts it proxies to destination; the store's URI
     travels in the environment (MLFLOW_BACKEND_STORE_URI), never on the command line."""
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": store_uri}
     return spawn(run, "mlflow", [program("mlflow"), "server", "--serve-artifacts",
                                  "--artifacts-destination", destination,
-                                 "--host", "127.0.0.1", "--port", str(port)], env)
+                                 "--host", host, "--port", str(port)], env)
 
 
 def running_or_free(run: Path, name: str, what: str, database: str, port: int,
-                    port_var: str) -> int | None:
+                    port_var: str, host: str = LOOPBACK) -> int | None:
     """The PID of name if it already runs on this database (an error if on another), else
     None once port is known to be free for it."""
     pid = read_pid(run, name)
@@ -396,8 +406,8 @@ def running_or_free(run: Path, name: str, what: str, database: str, port: int,
                                "stop it first (make stop)")
         print(f"{what} already running (PID {pid})")
         return pid
-    if not port_free(port):
-        raise ServiceError(f"port {port} on 127.0.0.1 is taken: pick another for the {what} "
+    if not port_free(port, host):
+        raise ServiceError(f"port {port} on {host} is taken: pick another for the {what} "
                            f"({port_var}=...)")
     return None
 
@@ -437,30 +447,35 @@ def postgres_urls(run: Path, server_url: str | None, pg_port: int | None
             database_url(server, "mlflow", "psycopg"), line)
 
 
-def ensure_prefect(run: Path, port: int, database_url: str | None) -> int:
+def ensure_prefect(run: Path, port: int, database_url: str | None, host: str = LOOPBACK) -> int:
     """The PID of the Prefect server on database_url (None: SQLite): running, else started."""
     shown = masked(database_url) if database_url else "sqlite"
-    pid = running_or_free(run, "server", "Prefect server", shown, port, "PREFECT_PORT")
+    pid = running_or_free(run, "server", "Prefect server", shown, port, "PREFECT_PORT", host)
     if pid is None:
-        pid = start_prefect(run, port, database_url)
+        pid = start_prefect(run, port, database_url, host)
         (run / "server.database").write_text(shown + "\n")
     return pid
 
 
-def ensure_mlflow(run: Path, port: int, store: str, destination: str) -> tuple[int, str]:
+def ensure_mlflow(run: Path, port: int, store: str, destination: str,
+                  host: str = LOOPBACK) -> tuple[int, str]:
     """The PID and URL of the MLflow server on store: running, else started."""
-    pid = running_or_free(run, "mlflow", "MLflow server", masked(store), port, "MLFLOW_PORT")
+    pid = running_or_free(run, "mlflow", "MLflow server", masked(store), port, "MLFLOW_PORT",
+                          host)
     if pid is None:
-        pid = start_mlflow(run, port, store, destination)
+        pid = start_mlflow(run, port, store, destination, host)
         (run / "mlflow.database").write_text(masked(store) + "\n")
-        (run / "mlflow.url").write_text(f"http://127.0.0.1:{port}\n")
+        (run / "mlflow.url").write_text(f"http://{advertised(host)}:{port}\n")
     return pid, (run / "mlflow.url").read_text().strip()
 
 
 def start(db: str, prefect_port: int = PREFECT_PORT, mlflow: bool = False,
           mlflow_port: int = MLFLOW_PORT, server_url: str | None = None,
-          artifacts: str | None = None, pg_port: int | None = None) -> None:
-    """Start what `db` asks for (see the module's docstring) and print where it is."""
+          artifacts: str | None = None, pg_port: int | None = None,
+          host: str = LOOPBACK) -> None:
+    """Start what `db` asks for (see the module's docstring) and print where it is. `host`: the
+    address the Prefect and MLflow servers listen on (the project's PostgreSQL stays on
+    loopback: only they use it)."""
     if server_url and db != "postgres":
         raise ServiceError("a database URL is for --db postgres")
     mlflow = mlflow or db == "postgres"
@@ -475,11 +490,11 @@ def start(db: str, prefect_port: int = PREFECT_PORT, mlflow: bool = False,
         lines.append(line)
     elif mlflow:
         store = f"sqlite:///{checkout() / 'mlflow.db'}"
-    prefect_pid = ensure_prefect(run, prefect_port, prefect_db)
+    prefect_pid = ensure_prefect(run, prefect_port, prefect_db, host)
     if store:  # started before Prefect is waited for: the two start side by side
         destination = artifacts_destination(artifacts, db, run)
-        mlflow_pid, mlflow_url = ensure_mlflow(run, mlflow_port, store, destination)
-    api = f"http://127.0.0.1:{prefect_port}/api"
+        mlflow_pid, mlflow_url = ensure_mlflow(run, mlflow_port, store, destination, host)
+    api = f"http://{advertised(host)}:{prefect_port}/api"
     wait_healthy("Prefect server", f"{api}/health", prefect_pid, run / "server.log")
     set_profile(api)
     (run / "server.url").write_text(api + "\n")
@@ -558,6 +573,10 @@ def main(argv: list[str]) -> int:
     begin.add_argument("--mlflow", action="store_true", help="an MLflow server on SQLite too")
     begin.add_argument("--mlflow-port", type=int, default=MLFLOW_PORT)
     begin.add_argument("--artifacts-destination", help="a folder or s3://bucket/prefix")
+    begin.add_argument("--host", default=os.environ.get("SERVER_HOST") or LOOPBACK,
+                       help="where the Prefect and MLflow servers listen: 0.0.0.0 for a team's "
+                            "other machines (default: $SERVER_HOST, else 127.0.0.1; they have no "
+                            "login of their own: keep them inside your network)")
     begin.add_argument("--pg-port", type=int, help="the project's cluster's port (default: "
                        "$PG_PORT, else a free one)")
     commands.add_parser("stop", help="stop everything this checkout started")
@@ -570,7 +589,7 @@ def main(argv: list[str]) -> int:
             pg_port = args.pg_port or (int(os.environ["PG_PORT"]) if os.environ.get("PG_PORT")
                                        else None)
             start(args.db, args.prefect_port, args.mlflow, args.mlflow_port, url or None,
-                  args.artifacts_destination, pg_port)
+                  args.artifacts_destination, pg_port, args.host)
         elif args.command == "stop":
             stop()
         else:
