@@ -219,8 +219,24 @@ def wait_healthy(what: str, url: str, pid: int, log: Path,
 
 # -- PostgreSQL --------------------------------------------------------------------------------
 
+def pg_program(name: str) -> str:
+    """PostgreSQL's `initdb`, `pg_ctl`, ...: on PATH, else Debian's newest
+    /usr/lib/postgresql/<version>/bin (the package does not put them on PATH)."""
+    found = shutil.which(name) or next(
+        (str(path) for path in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+                                      key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit()
+                                      else 0, reverse=True)), None)
+    if found is None:
+        raise ServiceError(f"PostgreSQL's {name} is not installed: `apt-get install postgresql` "
+                           "(Debian), or put its bin folder on PATH, or give a server with "
+                           "DATABASE_URL")
+    return found
+
+
 def pg_command(argv: list[str]) -> list[str]:
-    """argv, run as the system user `postgres` when this is root (PostgreSQL refuses root)."""
+    """argv (a PostgreSQL program), run as the system user `postgres` when this is root
+    (PostgreSQL refuses root)."""
+    argv = [pg_program(argv[0]), *argv[1:]]
     if os.geteuid() != 0:
         return argv
     return ["setpriv", f"--reuid={PG_USER}", f"--regid={PG_USER}", "--init-groups", *argv]
