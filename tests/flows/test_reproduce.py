@@ -34,8 +34,8 @@ from flows.reproduce import (
     restore,
 )
 from tasks.pipeline import declaration
-from tests.conftest import ROOT, VENV_BIN
-from tests.flows.repo_copy import GENERATED, repo_env, run, small_repo
+from tests.conftest import VENV_BIN
+from tests.flows.repo_copy import repo_env, run, small_repo
 
 MODEL = "crypto-next-move"
 COMMIT = "a" * 40
@@ -217,15 +217,8 @@ def test_recorded_data_comes_from_the_checkout_the_cache_or_the_remote(tmp_path)
 
 # ---------------------------------------------------------------- end to end
 def working_copy(dest: Path) -> Path:
-    """small_repo (the tracked files, CPU-small params) plus the working tree's untracked,
-    not ignored files (work not committed yet), all committed: a clean tree."""
+    """small_repo (the tracked files, CPU-small params), committed: a clean tree."""
     repo = small_repo(dest)
-    listed = subprocess.run(["git", "ls-files", "-o", "--exclude-standard", "-z"], cwd=ROOT,
-                            check=True, capture_output=True, text=True).stdout.split("\0")
-    for rel in filter(None, listed):
-        if (ROOT / rel).is_file() and rel not in GENERATED:
-            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, repo / rel)
     for cmd in (["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "small"]):
         subprocess.run(cmd, cwd=repo, check=True)
@@ -270,19 +263,8 @@ def assert_left_nothing(repo: Path, tmp: Path, client) -> None:
 
 
 @pytest.mark.slow
-def test_the_champion_rebuilds_byte_identical(trained, tmp_path):
-    repo, env, client = trained
-    done = reproduce_cli(repo, env, f"models:/{MODEL}@champion", tmp_path / "tmp")
-    assert_identical(done)
-    assert "data      data/crypto/raw: from this checkout's copy" in done.stdout
-    assert "packages  as locked at that commit and as the run recorded" in done.stdout
-    assert "threads   1, as the run recorded" in done.stdout
-    assert "reran     crypto_features, crypto_split, crypto_train, crypto_evaluate" in done.stdout
-    assert_left_nothing(repo, tmp_path / "tmp", client)  # nor a version in this registry
-
-
-@pytest.mark.slow
 def test_a_changed_input_comes_from_the_cache_and_another_package_is_named(trained, tmp_path):
+    """(The identical rebuild of a champion from a clean clone: tests/flows/test_team.py.)"""
     repo, env, client = trained
     [candles] = (repo / "data/crypto/raw").rglob("candles.parquet")
     frame = pd.read_parquet(candles)

@@ -243,7 +243,15 @@ def test_a_pipeline_then_a_night_on_workers_of_their_own_published_and_pulled(te
         [str(VENV_BIN / "reprolab"), "reproduce", f"models:/{MODEL}@champion"], cwd=mine,
         env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
     assert reproduced.returncode == 0, reproduced.stdout[-3000:] + reproduced.stderr[-3000:]
-    assert "identical" in reproduced.stdout
+    for line in ("packages  as locked at that commit and as the run recorded",
+                 "threads   1, as the run recorded",
+                 "data      data/crypto/raw: from this checkout's copy",
+                 "reran     crypto_features, crypto_split, crypto_train, crypto_evaluate",
+                 "identical  artifacts/crypto/predictions.parquet (predictions)",
+                 "identical  metrics/crypto.json (metrics)",
+                 "verdict   byte-identical: the metrics and predictions are the recorded ones"):
+        assert line in reproduced.stdout, reproduced.stdout
+    assert git(mine, "worktree", "list").count("\n") == 1  # its worktree is gone
 
     # the credentials reached no file of the results, no log and no commit
     secret = team.bucket.env["AWS_SECRET_ACCESS_KEY"]
