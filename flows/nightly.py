@@ -429,9 +429,11 @@ def nightly(pipelines: list[str] | None = None, overrides: dict[str, Any] | None
         # what did complete is pushed even on a night where a pipeline failed
         pushed = push(params.nightly.remote) if params.nightly.push or team else None
         text = publish(rows, pushed)
-        if team is not None:
+        site = refresh_site()  # the results site shows tonight
+        if team is not None:  # the site too, then the night's lock and records
+            if site:
+                workspace.push_outputs(site, params.nightly.remote, with_deps=False)
             team.publish(f"nightly: {one_line(rows)}\n\n{text}", always=True)
-        refresh_site()  # the results site shows tonight
     bad = [row.get("error") or row["stopped"] for row in rows
            if "error" in row or "stopped" in row]
     if bad:

@@ -13,7 +13,10 @@ Two environment variables, set on those deployments, make a run behave as one of
   parents are the branch's previous tip and the code commit the run used (so
   `git log --first-parent nightly` lists the runs), its message says what ran. Two workers publishing at once do not lose each other's results: the stages a run
   changed are laid over the tip it finds when it publishes, and a push that lost the race is
-  made again on the new tip.
+  made again on the new tip. The nights' records (reports/nightly: rows held back by failed
+  checks, the champion history, each night's summary) and the ablation tables travel the same
+  way: restored from the tip at the start, and what the run added or changed committed with
+  the lock.
 - REPROLAB_DVC_PULL=1: the data a stage needs and does not find is pulled from the DVC remote
   (the recorded outputs of the pipeline's stages, `dvc pull --with-deps`), so a fresh clone
   downloads what its pipeline reads and nothing of the others.
@@ -26,7 +29,7 @@ import contextlib
 import os
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +38,16 @@ import yaml
 from tasks import objectstore
 from tasks.errors import ReproLabError
 from tasks.logs import get_logger
-from tasks.storage import write_text
+from tasks.storage import write_bytes, write_text
 
 BRANCH_VAR = "REPROLAB_RESULTS_BRANCH"
 REMOTE_VAR = "REPROLAB_GIT_REMOTE"
 PULL_VAR = "REPROLAB_DVC_PULL"
 PUBLISHED = ("dvc.lock", "params.yaml")
+# what the project keeps outside DVC and a team's next run must find: the nights' records (rows
+# held back by failed checks, champion history, each night's summary) and the ablation tables;
+# they travel with the results (restored at the start, published with the lock)
+RECORDS = ("reports/nightly", "reports/ablations")
 PUSH_TRIES = 5
 IDENTITY = {"GIT_AUTHOR_NAME": "ReproLab", "GIT_AUTHOR_EMAIL": "reprolab@localhost",
             "GIT_COMMITTER_NAME": "ReproLab", "GIT_COMMITTER_EMAIL": "reprolab@localhost"}
@@ -118,6 +125,57 @@ def start_from_results(root: Path = Path(".")) -> str | None:
     return lock
 
 
+def results_tip(root: Path) -> str | None:
+    """The results branch's tip as last fetched (start_from_results fetches it)."""
+    try:
+        return git(root, "rev-parse", "--verify", "--quiet",
+                   f"refs/remotes/{git_remote()}/{results_branch()}").strip() or None
+    except PublishError:
+        return None
+
+
+def tip_records(root: Path, tip: str | None) -> dict[str, str]:
+    """{path: blob} of the RECORDS files in commit `tip` (none without one)."""
+    if tip is None:
+        return {}
+    listed = git(root, "ls-tree", "-r", tip, "--", *RECORDS)
+    return {line.split("\t", 1)[1]: line.split()[2] for line in listed.splitlines()}
+
+
+def record_files(root: Path) -> dict[str, str]:
+    """{path: blob} of the RECORDS files in this checkout (stored in git's object database)."""
+    paths = sorted(str(path.relative_to(root)) for folder in RECORDS
+                   for path in (root / folder).rglob("*") if path.is_file())
+    if not paths:
+        return {}
+    blobs = git(root, "hash-object", "-w", "--stdin-paths", stdin="\n".join(paths) + "\n")
+    return dict(zip(paths, blobs.split(), strict=True))
+
+
+def restore_records(root: Path = Path(".")) -> dict[str, str]:
+    """The results tip's RECORDS files written into this checkout (where it has none, or other
+    content); returns {path: blob} of what it started from."""
+    records = tip_records(root, results_tip(root))
+    for path, blob in records.items():
+        write_bytes(git_bytes(root, "cat-file", "blob", blob), root / path)
+    return records
+
+
+def git_bytes(root: Path, *args: str) -> bytes:
+    done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, timeout=300,
+                          check=False)
+    if done.returncode != 0:
+        raise PublishError(f"git {' '.join(args)}: {done.stderr.decode(errors='replace')}")
+    return done.stdout
+
+
+def records_to_publish(root: Path, tip: str | None, started: dict[str, str]) -> dict[str, str]:
+    """The tip's records, with every file this run added or changed laid over them."""
+    changed = {path: blob for path, blob in record_files(root).items()
+               if started.get(path) != blob}
+    return {**tip_records(root, tip), **changed}
+
+
 def pull_inputs(targets: list[str], root: Path = Path(".")) -> int:
     """With REPROLAB_DVC_PULL: the recorded outputs of the targets and the stages they need,
     from the DVC remote, where this checkout lacks them (nothing that is not recorded)."""
@@ -152,15 +210,16 @@ def overlay(theirs: str | None, started: str | None, ours: str) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def _tree_with(root: Path, files: dict[str, str]) -> str:
-    """A git tree: HEAD's, with `files` (path -> text) in it; the index and the working tree
-    are not touched."""
+def _tree_with(root: Path, files: dict[str, str], blobs: dict[str, str]) -> str:
+    """A git tree: HEAD's, with `files` (path -> text) and `blobs` (path -> blob) in it; the
+    index and the working tree are not touched."""
+    blobs = {**blobs, **{path: git(root, "hash-object", "-w", "--stdin", stdin=text).strip()
+                         for path, text in files.items()}}
+    entries = "".join(f"100644 {blob}\t{path}\n" for path, blob in sorted(blobs.items()))
     with tempfile.TemporaryDirectory() as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
         git(root, "read-tree", "HEAD", env=env)
-        for path, text in files.items():
-            blob = git(root, "hash-object", "-w", "--stdin", stdin=text).strip()
-            git(root, "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
+        git(root, "update-index", "--add", "--index-info", env=env, stdin=entries)
         return git(root, "write-tree", env=env).strip()
 
 
@@ -170,23 +229,26 @@ def is_ancestor(root: Path, commit: str, of: str) -> bool:
     return done.returncode == 0
 
 
-def push_outputs(targets: list[str], remote: str | None = None, root: Path = Path(".")) -> int:
-    """`dvc push` the outputs of the targets and the stages they need; returns the count."""
+def push_outputs(targets: list[str], remote: str | None = None, root: Path = Path("."),
+                 with_deps: bool = True) -> int:
+    """`dvc push` the outputs of the targets (and of the stages they need); returns the count."""
     from dvc.repo import Repo
 
     with objectstore.storage_credentials(), Repo(str(root)) as repo:
-        pushed = repo.push(targets=targets, with_deps=True, remote=remote)
-    get_logger().info("dvc push %s (with deps)%s: %d file(s)", " ".join(targets),
-                      f" -r {remote}" if remote else "", pushed)
+        pushed = repo.push(targets=targets, with_deps=with_deps, remote=remote)
+    get_logger().info("dvc push %s%s%s: %d file(s)", " ".join(targets),
+                      " (with deps)" if with_deps else "", f" -r {remote}" if remote else "",
+                      pushed)
     return pushed
 
 
 def publish(message: str, started: str | None, root: Path = Path("."),
-            always: bool = False) -> str | None:
-    """Commit this run's dvc.lock (over the tip's, see `overlay`) and params.yaml on the results
-    branch and push it; returns the commit, or None without a results branch or when the tip
-    already holds all of it (unless `always`: a night is recorded even when it changed
-    nothing). Call it once the outputs are in the DVC remote."""
+            always: bool = False, records: dict[str, str] | None = None) -> str | None:
+    """Commit this run's dvc.lock (over the tip's, see `overlay`), params.yaml and the RECORDS
+    files it added or changed since `records` (what it started from) on the results branch and
+    push it; returns the commit, or None without a results branch or when the tip already holds
+    all of it (unless `always`: a night is recorded even when it changed nothing). Call it once
+    the outputs are in the DVC remote."""
     branch = results_branch()
     if branch is None:
         return None
@@ -196,13 +258,15 @@ def publish(message: str, started: str | None, root: Path = Path("."),
         tip = fetch_tip(root, branch)
         theirs = None if tip is None else file_at(root, tip, "dvc.lock")
         lock = overlay(theirs, started, ours)
+        kept = records_to_publish(root, tip, records or {})
         same = (tip is not None and is_ancestor(root, head, tip)
                 and stages_of(lock) == stages_of(theirs)
-                and params == file_at(root, tip, "params.yaml"))
+                and params == file_at(root, tip, "params.yaml")
+                and kept == tip_records(root, tip))
         if same and not always:
             get_logger().info("nothing new to publish on %s", branch)
             return None
-        tree = _tree_with(root, {"dvc.lock": lock, "params.yaml": params})
+        tree = _tree_with(root, {"dvc.lock": lock, "params.yaml": params}, kept)
         # first the previous results (`git log --first-parent` lists the runs), then the code
         # this run used, where the branch does not hold it yet
         parents = [tip] if tip is not None else []
@@ -227,6 +291,7 @@ class TeamRun:
     targets: list[str]
     started: str
     root: Path = Path(".")
+    records: dict[str, str] = field(default_factory=dict)  # the RECORDS it started from
 
     def finish(self, message: str, remote: str | None = None) -> str | None:
         """The targets' outputs to the DVC remote, then the lock published."""
@@ -234,11 +299,16 @@ class TeamRun:
         return self.publish(message)
 
     def publish(self, message: str, always: bool = False) -> str | None:
-        return publish(message, self.started, self.root, always)
+        """`publish`; what it published is then what a later publish lays its changes over."""
+        commit = publish(message, self.started, self.root, always, self.records)
+        self.started = (self.root / "dvc.lock").read_text()
+        self.records = record_files(self.root)
+        return commit
 
     def restart(self) -> None:
         """Take the branch's results again (another worker published since) and pull them."""
         self.started = start_from_results(self.root) or ""
+        self.records = restore_records(self.root)
         pull_inputs(self.targets, self.root)
 
 
@@ -247,5 +317,6 @@ def start(targets: list[str], root: Path = Path(".")) -> TeamRun | None:
     what is missing (each only when set, see the module's doc). None without a results
     branch: the run is not published."""
     started = start_from_results(root)
+    records = {} if started is None else restore_records(root)
     pull_inputs(targets, root)
-    return None if started is None else TeamRun(list(targets), started, root)
+    return None if started is None else TeamRun(list(targets), started, root, records)

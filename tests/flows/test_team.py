@@ -219,6 +219,10 @@ def test_a_pipeline_then_a_night_on_workers_of_their_own_published_and_pulled(te
                  mine, env)
     assert json.loads(status.stdout) == {}
     lock = yaml.safe_load((mine / "dvc.lock").read_text())["stages"]
+    # the night's records came with it: its summary, the champion history the site draws
+    assert len(list((mine / "reports" / "nightly" / "nights").glob("*.json"))) == 1
+    assert json.loads((mine / "reports/nightly/champions/crypto.json").read_text())[
+        "pipeline"] == "crypto"
     evaluated = {out["path"]: out.get("md5") for out in lock["crypto_evaluate"]["outs"]}
 
     # the champion in the team's registry is the model those results evaluated

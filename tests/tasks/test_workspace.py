@@ -119,3 +119,31 @@ def test_overlay_takes_only_the_stages_this_run_changed():
     assert {k: v["outs"][0]["md5"] for k, v in workspace.stages_of(
         workspace.overlay(theirs, started, ours)).items()} == {"a": "2", "b": "9", "c": "1",
                                                               "d": "1"}
+
+
+def test_the_nights_records_travel_with_the_results(team):
+    first, second = team("a"), team("b")
+    run = workspace.start(["crypto_evaluate"], first)
+    night = first / "reports" / "nightly" / "nights" / "night-1.json"
+    night.parent.mkdir(parents=True)
+    night.write_text('{"night": 1}')
+    (first / "reports" / "nightly" / "held").mkdir()
+    (first / "reports" / "nightly" / "held" / "crypto.json").write_text('{"keys": [1, 2]}')
+    (first / "dvc.lock").write_text(lock(crypto_train="1"))
+    run.publish("night 1", always=True)
+
+    later = workspace.start(["crypto_evaluate"], second)  # another worker, the next night
+    held = second / "reports" / "nightly" / "held" / "crypto.json"
+    assert held.read_text() == '{"keys": [1, 2]}'  # the rows a failed check holds back
+    assert (second / "reports" / "nightly" / "nights" / "night-1.json").exists()
+    held.write_text('{"keys": []}')  # they passed tonight
+    (second / "reports" / "nightly" / "nights" / "night-2.json").write_text('{"night": 2}')
+    later.publish("night 2", always=True)
+    assert git(team.origin, "ls-tree", "-r", "--name-only", BRANCH, "reports").split() == [
+        "reports/nightly/held/crypto.json", "reports/nightly/nights/night-1.json",
+        "reports/nightly/nights/night-2.json"]
+    assert tip_file(team.origin, "reports/nightly/held/crypto.json") == '{"keys": []}'
+    # a record this run did not touch is never taken back from an older start
+    (first / "reports" / "nightly" / "nights" / "night-1.json").write_text('{"night": 1}')
+    run.publish("night 1 again")
+    assert tip_file(team.origin, "reports/nightly/held/crypto.json") == '{"keys": []}'
