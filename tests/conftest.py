@@ -1,4 +1,5 @@
 """Shared fixtures: the project on sys.path, telemetry off, a real Prefect server when asked."""
+import contextlib
 import os
 import shutil
 import signal
@@ -122,26 +123,36 @@ def server_env(port: int, **extra: str) -> dict[str, str]:
             "PREFECT_SERVER_API_PORT": str(port), "PREFECT_UI_API_URL": url, **extra}
 
 
+@contextlib.contextmanager
+def background_server(cmd: list[str], log_path: Path, health_url: str, timeout: float,
+                      env: dict | None = None, stop_seconds: float = 20):
+    """A server process in its own session, its output in log_path: yields once health_url
+    answers, then stops it (SIGTERM, then SIGKILL after stop_seconds)."""
+    log = open(log_path, "w")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_for_http(health_url, timeout, proc)
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(stop_seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """A real `prefect server start` on 127.0.0.1 (free port); yields its API URL."""
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
-    env = server_env(port, PREFECT_HOME=str(home))
-    log = open(home / "server.log", "w")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen([str(VENV_BIN / "prefect"), "server", "start"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_for_http(f"{url}/health", 120, proc)
+    with background_server([str(VENV_BIN / "prefect"), "server", "start"], home / "server.log",
+                           f"{url}/health", 120, server_env(port, PREFECT_HOME=str(home))):
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 @pytest.fixture

@@ -8,11 +8,8 @@ accepts any), for a test to search its outputs for.
 """
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
@@ -56,27 +53,16 @@ class S3Bucket:
 def s3_server(tmp_path_factory) -> str:
     """moto's S3 server in its own process (DVC's and s3fs's threads and event loops stay out
     of the test process's moto), killed with the test process; yields http://127.0.0.1:PORT."""
-    from tests.conftest import free_port, wait_for_http
+    from tests.conftest import background_server, free_port
 
     folder = tmp_path_factory.mktemp("moto")
     port = free_port()
     cmd = [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
     if shutil.which("setpriv"):
         cmd = ["setpriv", "--pdeathsig", "KILL", *cmd]
-    log = open(folder / "moto.log", "w")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/moto-api/", 60, proc)
+    with background_server(cmd, folder / "moto.log", f"{url}/moto-api/", 60, stop_seconds=10):
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="session")
