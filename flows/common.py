@@ -14,6 +14,7 @@ import yaml
 
 from flows.outputs import fail_as_stage, put_back, take_failure
 from flows.stage_runs import parent_of_stages, publish_stages, run_stage_flow
+from tasks import objectstore
 from tasks.config import Params, load_params, save_overrides
 from tasks.errors import ReproLabError
 from tasks.logs import get_logger
@@ -76,16 +77,23 @@ class StageFailed(ReproLabError):
 PARAMS_FILE = "params.yaml"
 
 
-def dvc_repro(targets: list[str], force: bool = False, single_item: bool = False) -> list[str]:
+def dvc_repro(targets: list[str], force: bool = False, single_item: bool = False,
+              pull: bool = False) -> list[str]:
     """`dvc repro` the targets (DVC decides what is stale); returns the stages that ran.
-    `single_item`: only the targets themselves (`dvc repro -s`). Inside a flow run, the
-    stages' flow runs are its subflow runs. A stage that fails leaves its outputs as they
-    were (flows/outputs.py) and raises StageFailed naming it."""
+    `single_item`: only the targets themselves (`dvc repro -s`). `pull` (a team's clone,
+    tasks/workspace.py): `dvc repro --pull --allow-missing`, a stage whose only change is data
+    this checkout lacks is skipped, and a stage that runs pulls the inputs it lacks from the
+    DVC remote: nothing else is downloaded. Inside a flow run, the stages' flow runs are its
+    subflow runs. A stage that fails leaves its outputs as they were (flows/outputs.py) and
+    raises StageFailed naming it."""
     from dvc.repo import Repo
 
+    remote = {"pull": True, "allow_missing": True} if pull else {}
     with checkout_lock(f"dvc repro {' '.join(targets)}"), _stage_failures():
-        with shared_prefect_api(), parent_of_stages(), Repo(".") as repo:
-            stages = repo.reproduce(targets=targets, force=force, single_item=single_item)
+        with shared_prefect_api(), parent_of_stages(), objectstore.storage_credentials(), \
+                Repo(".") as repo:
+            stages = repo.reproduce(targets=targets, force=force, single_item=single_item,
+                                    **remote)
     names = [getattr(s, "addressing", str(s)) for s in stages]
     get_logger().info("dvc repro %s: %s", " ".join(targets),
                       ", ".join(names) or "nothing to reproduce")

@@ -64,8 +64,13 @@ def on_pool(pool: str, targets: list[str], run: TeamRun, what: str) -> list[str]
     return changed_stages(before, run.started)
 
 
+def pulling_repro(targets: list[str]) -> list[str]:
+    """dvc_repro, pulling what the stages that run lack when REPROLAB_DVC_PULL is set."""
+    return dvc_repro(targets, pull=workspace.pulls())
+
+
 def repro_pipeline(pipeline: Pipeline, run: TeamRun | None, what: str,
-                   repro: Any = dvc_repro) -> list[str]:
+                   repro: Any = pulling_repro) -> list[str]:
     """`dvc repro` of the pipeline (through `repro`); in a team's clone, the stages whose
     declaration names a pool run there (`on_pool`). Returns the stages that ran."""
     groups = pool_groups(pipeline)
@@ -97,7 +102,7 @@ def team_repro(pipeline: Pipeline) -> list[str]:
     target = [pipeline.last.name]
     what = f"{pipeline.name} pipeline"
     with checkout_lock(what):
-        run = workspace.start(target)
+        run = workspace.start(target, pull_all=False)  # dvc repro --pull takes what it needs
         ran = repro_pipeline(pipeline, run, what)
         if run is not None:
             run.finish(f"{what}: {', '.join(ran) or 'nothing to reproduce'}")
@@ -110,8 +115,8 @@ def run_stages(targets: list[str]) -> dict[str, Any]:
     clone, from the published results, `dvc repro` of the targets, pushed and published."""
     what = f"{', '.join(targets)} on this pool"
     with checkout_lock(what):
-        run = workspace.start(targets)
-        ran = dvc_repro(targets)
+        run = workspace.start(targets, pull_all=False)
+        ran = pulling_repro(targets)
         if run is not None:
             run.finish(f"{what}: {', '.join(ran) or 'nothing to reproduce'}")
     return {"stages_run": ran}

@@ -17,9 +17,11 @@ Two environment variables, set on those deployments, make a run behave as one of
   checks, the champion history, each night's summary) and the ablation tables travel the same
   way: restored from the tip at the start, and what the run added or changed committed with
   the lock.
-- REPROLAB_DVC_PULL=1: the data a stage needs and does not find is pulled from the DVC remote
-  (the recorded outputs of the pipeline's stages, `dvc pull --with-deps`), so a fresh clone
-  downloads what its pipeline reads and nothing of the others.
+- REPROLAB_DVC_PULL=1: the data a stage needs and does not find is pulled from the DVC remote.
+  A pipeline run pulls only what the stages it runs lack (`dvc repro --pull --allow-missing`:
+  an up-to-date stage is not downloaded at all); a night, which checks the data and rescores
+  the champion before and after any stage runs, pulls its pipelines' recorded outputs first
+  (`dvc pull --with-deps`); nothing of the other pipelines either way.
 
     git checkout nightly && dvc pull   # then a colleague has exactly what the site shows
 """
@@ -292,6 +294,7 @@ class TeamRun:
     started: str
     root: Path = Path(".")
     records: dict[str, str] = field(default_factory=dict)  # the RECORDS it started from
+    pull_all: bool = True  # pull the targets' recorded outputs (else `dvc repro` pulls)
 
     def finish(self, message: str, remote: str | None = None) -> str | None:
         """The targets' outputs to the DVC remote, then the lock published."""
@@ -309,14 +312,18 @@ class TeamRun:
         """Take the branch's results again (another worker published since) and pull them."""
         self.started = start_from_results(self.root) or ""
         self.records = restore_records(self.root)
-        pull_inputs(self.targets, self.root)
+        if self.pull_all:
+            pull_inputs(self.targets, self.root)
 
 
-def start(targets: list[str], root: Path = Path(".")) -> TeamRun | None:
+def start(targets: list[str], root: Path = Path("."), pull_all: bool = True) -> TeamRun | None:
     """Before a run of `targets` in a team's clone: start from the published results and pull
-    what is missing (each only when set, see the module's doc). None without a results
-    branch: the run is not published."""
+    the targets' recorded outputs (each only when set, see the module's doc; `pull_all=False`:
+    pull nothing here, the run's `dvc repro --pull` takes what its stages lack). None without
+    a results branch: the run is not published."""
     started = start_from_results(root)
     records = {} if started is None else restore_records(root)
-    pull_inputs(targets, root)
-    return None if started is None else TeamRun(list(targets), started, root, records)
+    if pull_all:
+        pull_inputs(targets, root)
+    return None if started is None else TeamRun(list(targets), started, root, records,
+                                                pull_all)
