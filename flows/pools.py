@@ -8,13 +8,15 @@ through what the team shares anyway: the run publishes what it has done so far (
 DVC remote, dvc.lock on the results branch), starts the pool's flow run and waits for it; that
 run, in a clone of its own on a machine of that pool, starts from those results, pulls what
 the stages need, runs them, pushes and publishes; then this run takes the results again and
-goes on. Outside a team's clone (one checkout: `make demo`, `reprolab run`, the single-user
+goes on; a hand-off no worker of the pool finishes within REPROLAB_POOL_WAIT seconds (6 h)
+is cancelled and fails the run, naming the pool. Outside a team's clone (one checkout: `make demo`, `reprolab run`, the single-user
 deployments) every stage runs where the pipeline runs.
 
     prefect deployment run 'run-stages/gpu' --param targets='["kinetics_train"]'
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -27,6 +29,12 @@ from tasks.pipeline import Pipeline
 from tasks.workspace import TeamRun
 
 DEPLOYMENT = "run-stages/{pool}"
+WAIT_VAR = "REPROLAB_POOL_WAIT"  # seconds a hand-off waits for its pool's run (default 6 h)
+WAIT_SECONDS = 6 * 3600
+
+
+def pool_wait() -> float:
+    return float(os.environ.get(WAIT_VAR) or WAIT_SECONDS)
 
 
 def pool_groups(pipeline: Pipeline) -> list[tuple[str | None, list[str]]]:
@@ -55,7 +63,13 @@ def on_pool(pool: str, targets: list[str], run: TeamRun, what: str) -> list[str]
     get_logger().info("%s: %s on work pool %s (deployment %s)", what, ", ".join(targets), pool,
                       DEPLOYMENT.format(pool=pool))
     flow_run = run_deployment(DEPLOYMENT.format(pool=pool), parameters={"targets": targets},
-                              timeout=None)
+                              timeout=pool_wait())
+    if not flow_run.state.is_final():  # no worker of that pool took it, or it ran too long
+        cancel(flow_run.id)
+        raise StageFailed(f"{', '.join(targets)}: the flow run on work pool {pool} "
+                          f"({flow_run.name}) did not finish within {pool_wait():.0f} s "
+                          f"({WAIT_VAR}); it was {flow_run.state.name}: is a worker of that "
+                          "pool running? It is cancelled; the next run hands it off again")
     if not flow_run.state.is_completed():
         raise StageFailed(f"{', '.join(targets)} on work pool {pool} ended "
                           f"{flow_run.state.type.value}: {flow_run.state.message or ''} "
@@ -67,6 +81,15 @@ def on_pool(pool: str, targets: list[str], run: TeamRun, what: str) -> list[str]
 def pulling_repro(targets: list[str]) -> list[str]:
     """dvc_repro, pulling what the stages that run lack when REPROLAB_DVC_PULL is set."""
     return dvc_repro(targets, pull=workspace.pulls())
+
+
+def cancel(flow_run_id: Any) -> None:
+    """Cancel a flow run that is no longer waited for (nothing if it ended meanwhile)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
 
 
 def repro_pipeline(pipeline: Pipeline, run: TeamRun | None, what: str,

@@ -1,7 +1,12 @@
 """Stages on their declared work pool (flows/pools.py): the grouping, and that outside a team's
 clone every stage runs where the pipeline runs. (The hand-off itself, a flow run of
 run-stages/<pool> on another worker: tests/flows/test_team.py.)"""
-from flows.pools import changed_stages, pool_groups, repro_pipeline
+import uuid
+
+import pytest
+
+from flows.common import StageFailed
+from flows.pools import WAIT_VAR, changed_stages, on_pool, pool_groups, repro_pipeline
 from tasks.pipeline import declaration
 
 
@@ -25,3 +30,40 @@ def test_the_stages_a_hand_off_ran_are_those_whose_lock_entry_changed():
     before = "stages:\n  a: {outs: [{md5: '1'}]}\n  b: {outs: [{md5: '1'}]}\n"
     after = "stages:\n  a: {outs: [{md5: '1'}]}\n  b: {outs: [{md5: '2'}]}\n  c: {}\n"
     assert changed_stages(before, after) == ["b", "c"]
+
+
+class Published:
+    """A team run's record of what the hand-off asked of it (its git and DVC side is
+    tests/tasks/test_workspace.py's and tests/flows/test_team.py's)."""
+
+    def __init__(self, root):
+        self.root, self.calls = root, []
+        (root / "dvc.lock").write_text("stages: {}\n")
+
+    def finish(self, message):
+        self.calls.append(("finish", message))
+
+    def restart(self):
+        self.calls.append(("restart",))
+
+
+def test_a_hand_off_no_worker_takes_fails_naming_the_pool_and_is_cancelled(
+        prefect_api, tmp_path, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    pool = f"nowhere-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        flow_id = client.create_flow_from_name("run-stages")
+        client.create_deployment(flow_id=flow_id, name=pool, work_pool_name=pool,
+                                 entrypoint="flows/pools.py:run_stages")
+    monkeypatch.setenv(WAIT_VAR, "3")
+    run = Published(tmp_path)
+    with pytest.raises(StageFailed, match=f"work pool {pool} .* did not finish within 3 s"):
+        on_pool(pool, ["kinetics_train"], run, "kinetics pipeline")
+    assert run.calls == [("finish", f"kinetics pipeline: before kinetics_train on pool {pool}")]
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs(limit=50) if r.work_pool_name == pool]
+    assert [r.parameters for r in runs] == [{"targets": ["kinetics_train"]}]
+    assert runs[0].state.type.value in ("CANCELLING", "CANCELLED")
