@@ -117,10 +117,14 @@ worker: venv
 # prefect.yaml: flow runs in this checkout; prefect.team.yaml: in a clone of REPROLAB_GIT_URL at
 # REPROLAB_GIT_REF on any worker, results published on REPROLAB_RESULTS_BRANCH (README, Running
 # it for a team)
+# (given to `prefect deploy` alone: REPROLAB_RESULTS_BRANCH in a run's environment makes it a
+# team's run, tasks/workspace.py)
 PREFECT_FILE ?= prefect.yaml
-export REPROLAB_GIT_REF ?= main
-export REPROLAB_RESULTS_BRANCH ?= nightly
-export REPROLAB_GPU_POOL ?= gpu
+REPROLAB_GIT_REF ?= main
+REPROLAB_RESULTS_BRANCH ?= nightly
+REPROLAB_GPU_POOL ?= gpu
+TEAM_VARS = REPROLAB_GIT_REF=$(REPROLAB_GIT_REF) REPROLAB_RESULTS_BRANCH=$(REPROLAB_RESULTS_BRANCH) \
+  REPROLAB_GPU_POOL=$(REPROLAB_GPU_POOL)
 deploy: venv
 	@$(API_URL_SH); [ -n "$$url" ] || { echo "no Prefect server to deploy to: make server first," \
 	  "or export PREFECT_API_URL"; exit 1; }; export PREFECT_API_URL=$$url; \
@@ -129,7 +133,7 @@ deploy: venv
 	  for pool in $(REPROLAB_POOL) $$(grep -q REPROLAB_GPU_POOL $(PREFECT_FILE) && echo $(REPROLAB_GPU_POOL)); do \
 	    $(BIN)/prefect work-pool inspect $$pool >/dev/null 2>&1 || \
 	      $(BIN)/prefect work-pool create $$pool --type process; done; \
-	  $(BIN)/prefect --no-prompt deploy --all --prefect-file $(PREFECT_FILE)
+	  $(TEAM_VARS) $(BIN)/prefect --no-prompt deploy --all --prefect-file $(PREFECT_FILE)
 
 # the worker, the Prefect and MLflow servers, then the project's PostgreSQL (pg_ctl stop -m fast);
 # the profile goes back to an ephemeral server. Stopping what is not running is no error.

@@ -62,8 +62,15 @@ def on_pool(pool: str, targets: list[str], run: TeamRun, what: str) -> list[str]
     before = (run.root / "dvc.lock").read_text()  # what the pool's run starts from
     get_logger().info("%s: %s on work pool %s (deployment %s)", what, ", ".join(targets), pool,
                       DEPLOYMENT.format(pool=pool))
-    flow_run = run_deployment(DEPLOYMENT.format(pool=pool), parameters={"targets": targets},
-                              timeout=pool_wait())
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        flow_run = run_deployment(DEPLOYMENT.format(pool=pool),
+                                  parameters={"targets": targets}, timeout=pool_wait())
+    except ObjectNotFound as exc:
+        raise StageFailed(f"{', '.join(targets)} go to work pool {pool}, but the server has no "
+                          f"deployment {DEPLOYMENT.format(pool=pool)}: deploy prefect.team.yaml "
+                          "(make deploy PREFECT_FILE=prefect.team.yaml)") from exc
     if not flow_run.state.is_final():  # no worker of that pool took it, or it ran too long
         cancel(flow_run.id)
         raise StageFailed(f"{', '.join(targets)}: the flow run on work pool {pool} "

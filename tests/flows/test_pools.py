@@ -67,3 +67,11 @@ def test_a_hand_off_no_worker_takes_fails_naming_the_pool_and_is_cancelled(
         runs = [r for r in client.read_flow_runs(limit=50) if r.work_pool_name == pool]
     assert [r.parameters for r in runs] == [{"targets": ["kinetics_train"]}]
     assert runs[0].state.type.value in ("CANCELLING", "CANCELLED")
+
+
+def test_a_pool_without_its_deployment_is_an_error_saying_what_to_deploy(prefect_api,
+                                                                         tmp_path):
+    run = Published(tmp_path)
+    with pytest.raises(StageFailed, match="no deployment run-stages/nodeploy: deploy "
+                                          "prefect.team.yaml"):
+        on_pool("nodeploy", ["kinetics_train"], run, "kinetics pipeline")
