@@ -51,6 +51,7 @@ def test_a_hand_off_no_worker_takes_fails_naming_the_pool_and_is_cancelled(
         prefect_api, tmp_path, monkeypatch):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
 
     pool = f"nowhere-{uuid.uuid4().hex[:8]}"
     with get_client(sync_client=True) as client:
@@ -64,7 +65,8 @@ def test_a_hand_off_no_worker_takes_fails_naming_the_pool_and_is_cancelled(
         on_pool(pool, ["kinetics_train"], run, "kinetics pipeline")
     assert run.calls == [("finish", f"kinetics pipeline: before kinetics_train on pool {pool}")]
     with get_client(sync_client=True) as client:
-        runs = [r for r in client.read_flow_runs(limit=50) if r.work_pool_name == pool]
+        runs = client.read_flow_runs(work_pool_filter=WorkPoolFilter(
+            name=WorkPoolFilterName(any_=[pool])))
     assert [r.parameters for r in runs] == [{"targets": ["kinetics_train"]}]
     assert runs[0].state.type.value in ("CANCELLING", "CANCELLED")
 
