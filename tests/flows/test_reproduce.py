@@ -4,7 +4,6 @@ temporary worktree, and held byte for byte against what was recorded. The parts 
 end to end in a copy of the checkout."""
 import math
 import shutil
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -34,8 +33,6 @@ from flows.reproduce import (
     restore,
 )
 from tasks.pipeline import declaration
-from tests.conftest import VENV_BIN
-from tests.flows.repo_copy import repo_env, run, small_repo
 
 MODEL = "crypto-next-move"
 COMMIT = "a" * 40
@@ -215,68 +212,8 @@ def test_recorded_data_comes_from_the_checkout_the_cache_or_the_remote(tmp_path)
         store.close()
 
 
-# ---------------------------------------------------------------- end to end
-def working_copy(dest: Path) -> Path:
-    """small_repo (the tracked files, CPU-small params), committed: a clean tree."""
-    repo = small_repo(dest)
-    for cmd in (["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "small"]):
-        subprocess.run(cmd, cwd=repo, check=True)
-    return repo
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, prefect_server):
-    """The crypto pipeline run once (one thread) in a clean copy, its model the champion."""
-    from mlflow import MlflowClient
-
-    repo = working_copy(tmp_path_factory.mktemp("reproduce") / "repo")
-    env = repo_env(prefect_server, PYTHONPATH=str(repo), **ONE_THREAD)
-    run([str(VENV_BIN / "dvc"), "repro", "crypto_evaluate"], repo, env)
-    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    client.set_registered_model_alias(MODEL, "champion", "1")
-    return repo, env, client
-
-
-def reproduce_cli(repo: Path, env: dict, uri: str, tmp: Path) -> subprocess.CompletedProcess:
-    tmp.mkdir()
-    return subprocess.run([str(VENV_BIN / "reprolab"), "reproduce", uri], cwd=repo,
-                          env={**env, "TMPDIR": str(tmp)}, capture_output=True, text=True,
-                          timeout=900)
-
-
-def assert_identical(done: subprocess.CompletedProcess) -> None:
-    assert done.returncode == 0, f"{done.stdout}\n{done.stderr[-5000:]}"
-    for line in ("identical  data/crypto/features.parquet (data)",
-                 "identical  artifacts/crypto/predictions.parquet (predictions)",
-                 "identical  metrics/crypto.json (metrics)",
-                 "identical  reports/crypto/results.json (results)",
-                 "verdict   byte-identical: the metrics and predictions are the recorded ones"):
-        assert line in done.stdout, done.stdout
-
-
-def assert_left_nothing(repo: Path, tmp: Path, client) -> None:
-    worktrees = subprocess.run(["git", "worktree", "list"], cwd=repo, capture_output=True,
-                               text=True, check=True).stdout.splitlines()
-    assert len(worktrees) == 1 and list(tmp.glob("reprolab-reproduce-*")) == []
-    assert [str(v.version) for v in client.search_model_versions(f"name='{MODEL}'")] == ["1"]
-
-
-@pytest.mark.slow
-def test_a_changed_input_comes_from_the_cache_and_another_package_is_named(trained, tmp_path):
-    """(The identical rebuild of a champion from a clean clone: tests/flows/test_team.py.)"""
-    repo, env, client = trained
-    [candles] = (repo / "data/crypto/raw").rglob("candles.parquet")
-    frame = pd.read_parquet(candles)
-    frame.iloc[:-24].to_parquet(candles)  # the data moved on since the model was trained
-    run_id = client.get_model_version(MODEL, "1").run_id
-    client.set_tag(run_id, "reprolab.version.numpy", "0.0.1")
-    done = reproduce_cli(repo, env, f"models:/{MODEL}/1", tmp_path / "tmp")
-    assert_identical(done)
-    assert ("data      data/crypto/raw: from the DVC cache (this checkout's copy changed since)"
-            in done.stdout)
-    assert "numpy: the run recorded 0.0.1; installed" in done.stdout
-    assert_left_nothing(repo, tmp_path / "tmp", client)
+# (End to end, a champion rebuilt byte for byte from a clean clone of a team's results:
+# tests/flows/test_team.py.)
 
 
 def test_the_cli_has_the_command(capsys):

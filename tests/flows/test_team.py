@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -123,6 +124,16 @@ def start_worker(team: Team, name: str, pool: str) -> Path:
     return folder
 
 
+def stop(worker: subprocess.Popen) -> None:
+    """A worker and its flow runs: SIGTERM, then SIGKILL if it is still there after 10 s."""
+    os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        worker.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+
 @pytest.fixture(scope="module")
 def team(s3_server, s3_credentials):
     from tests.s3 import S3Bucket  # the bucket fixture is function-scoped: one of our own
@@ -152,8 +163,7 @@ def team(s3_server, s3_credentials):
         yield team
     finally:
         for worker in team.workers:
-            os.killpg(worker.pid, 15)
-            worker.wait(30)
+            stop(worker)
         stop_servers(server, team.env(server))
         shutil.rmtree(root, ignore_errors=True)
 
