@@ -7,6 +7,7 @@ server or each other. The crypto pipeline is deployed from prefect.team.yaml and
 needs and publishes its results on the `nightly` branch. A third clone then runs
 `git checkout nightly && dvc pull` and has tonight's results, `dvc status` clean, and
 `reprolab reproduce models:/crypto-next-move@champion` rebuilds the champion's metrics."""
+import contextlib
 import hashlib
 import json
 import os
@@ -126,7 +127,8 @@ def start_worker(team: Team, name: str, pool: str) -> Path:
 
 def stop(worker: subprocess.Popen) -> None:
     """A worker and its flow runs: SIGTERM, then SIGKILL if it is still there after 10 s."""
-    os.killpg(worker.pid, signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):  # it may have ended already
+        os.killpg(worker.pid, signal.SIGTERM)
     try:
         worker.wait(10)
     except subprocess.TimeoutExpired:
@@ -162,9 +164,11 @@ def team(s3_server, s3_credentials):
                                start_worker(team, "gpu-worker", team.gpu_pool)]
         yield team
     finally:
-        for worker in team.workers:
-            stop(worker)
-        stop_servers(server, team.env(server))
+        try:
+            for worker in team.workers:
+                stop(worker)
+        finally:  # whatever happened to the workers, no server of the test outlives it
+            stop_servers(server, team.env(server))
         shutil.rmtree(root, ignore_errors=True)
 
 
